@@ -1,0 +1,255 @@
+"""The `alexnet-deploy` command line: each command parses options and calls ONE library function.
+
+Library modules are imported inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from alexnet_deploy.errors import CheckFailed, UserError
+
+
+def _csv(kind):
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            return [kind(v) for v in items]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+    return convert
+
+
+def _positive_ints(ctx, param, value):
+    values = _csv(int)(ctx, param, value)
+    if values is not None and any(v < 1 for v in values):
+        raise click.BadParameter(f"every value must be >= 1, got {value}")
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="alexnet-deploy")
+def cli() -> None:
+    """Train AlexNet, export it to every deployment format, validate and benchmark the artifacts."""
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+@cli.group()
+def data() -> None:
+    """Data sets: generate the built-in demo data."""
+
+
+@data.command("demo")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--classes", default=10, show_default=True, help="Number of shape classes (2-12).")
+@click.option("--per-class", default=120, show_default=True,
+              help="Training images per class; val/ and test/ get a quarter of it each.")
+@click.option("--size", default=96, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+def data_demo(out, classes, per_class, size, seed):
+    """Write a deterministic ImageFolder (train/ val/ test/) of drawn shapes."""
+    from alexnet_deploy.data import make_demo
+
+    path = make_demo(out, classes=classes, per_class=per_class, size=size, seed=seed)
+    click.echo(f"demo data written to {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="ImageFolder root holding train/ and val/ (and optionally test/).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--arch", default="alexnet", show_default=True,
+              type=click.Choice(["alexnet", "alexnet-2012"]))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=None, type=float, help="Peak learning rate [default: per optimizer].")
+@click.option("--weight-decay", default=None, type=float)
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
+@click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=0))
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=63))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--weights", default=None, help="Start from these weights (.safetensors, .pth or 'torchvision').")
+@click.option("--deterministic", is_flag=True, help="Bitwise-reproducible kernels (slower).")
+def train(data_dir, out, **kwargs):
+    """Train or fine-tune on an ImageFolder; writes OUT/weights.safetensors with the model card."""
+    from alexnet_deploy.training import TrainConfig, fit
+
+    cfg = TrainConfig(data=str(data_dir), out=str(out), compile=kwargs.pop("compile_"), **kwargs)
+    fit(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def _format_help() -> str:
+    from alexnet_deploy.exporters import EXPORTERS
+
+    return "Comma-separated formats, or 'all': " + ", ".join(EXPORTERS) + "."
+
+
+@cli.command()
+@click.argument("weights")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder.")
+@click.option("--formats", default="all", show_default=True, help="Comma-separated formats or 'all'.")
+@click.option("--max-batch", default=64, show_default=True, type=int)
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(min=7))
+@click.option("--calib-data", default=None, type=click.Path(path_type=Path),
+              help="Images for int8 calibration [default: the card's val data, else demo data].")
+@click.option("--calib-images", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--target", default=None, type=click.Choice(["cpu"]),
+              help="Also pick and label the fastest validated artifact per precision for this machine.")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+def export(weights, out, formats, **kwargs):
+    """Export WEIGHTS (our .safetensors, a torchvision .pth, or 'torchvision') to deployment formats."""
+    from alexnet_deploy.exporters import export_all
+
+    names = [f.strip() for f in formats.split(",") if f.strip()]
+    export_all(weights, out, formats=names, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", default=None, type=click.Path(path_type=Path),
+              help="Labelled images [default: the card's val data when it exists].")
+@click.option("--images", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option("--batch-sizes", default=None, callback=_positive_ints,
+              help="Comma-separated [default: 1, a non-power-of-two, the max batch].")
+@click.option("--backends", default=None, callback=_csv(str), help="Comma-separated runner names.")
+@click.option("--atol", default=None, type=float, help="Override the precision's default atol.")
+@click.option("--rtol", default=None, type=float, help="Override the precision's default rtol.")
+@click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
+              help="Override the minimum top-1 agreement (0-1).")
+@click.option("--max-accuracy-drop", default=None, type=float,
+              help="Override the maximum accuracy drop in points.")
+@click.option("--report", default=None, type=click.Path(path_type=Path),
+              help="JSON report path [default: EXPORT_DIR/validation.json]; Markdown beside it.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failing backend.")
+@click.option("--list", "list_only", is_flag=True, help="List the runners and whether each can run here.")
+def validate(export_dir, **kwargs):
+    """Check every artifact in EXPORT_DIR against the PyTorch reference. Exit 0 pass, 1 fail, 2 usage."""
+    from alexnet_deploy.validate import run_validate
+
+    run_validate(export_dir, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--backends", default=None, callback=_csv(str), help="Comma-separated runner names.")
+@click.option("--batch-sizes", default="1,8,32,64", show_default=True, callback=_positive_ints)
+@click.option("--warmup-s", default=1.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--duration-s", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Cap on timed seconds per runner and batch size.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Intra-op threads [default: physical cores].")
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),
+              help="Only runners on this device.")
+@click.option("--report", default=None, type=click.Path(path_type=Path),
+              help="JSON report [default: EXPORT_DIR/benchmark.json]; Markdown beside it.")
+@click.option("--plot", default=None, type=click.Path(path_type=Path),
+              help="PNG plot [default: beside the report].")
+def benchmark(export_dir, **kwargs):
+    """Latency percentiles, throughput, memory and roofline efficiency per backend and batch size."""
+    from alexnet_deploy.bench import run_benchmark
+
+    run_benchmark(export_dir, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline, predict, preprocess, info
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--data", "data_dir", default=None, type=click.Path(path_type=Path),
+              help="ImageFolder root [default: generate the demo data].")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--epochs", default=None, type=click.IntRange(min=1))
+@click.option("--formats", default=None, help="Comma-separated export formats [default: all].")
+@click.option("--quick", is_flag=True, help="Tiny sizes everywhere: a smoke run in about a minute.")
+def pipeline(data_dir, out, epochs, formats, quick):
+    """data -> train -> export -> validate -> benchmark, resumable, with OUT/report.md."""
+    from alexnet_deploy.pipeline import run_pipeline
+
+    names = [f.strip() for f in formats.split(",")] if formats else None
+    run_pipeline(out, data=data_dir, epochs=epochs, formats=names, quick=quick)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--backend", default=None, help="Runner to use [default: the first that can run it].")
+def predict(artifact, images, top, backend):
+    """Classify IMAGES with an artifact, an export folder, or weights."""
+    from alexnet_deploy.predict import run_predict
+
+    run_predict(artifact, list(images), top=top, backend=backend)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--card", required=True, type=click.Path(path_type=Path),
+              help="An export folder or a weights file whose card gives the preprocessing.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output .npy file.")
+def preprocess(images, card, out):
+    """Write IMAGES as one float32 NCHW .npy batch with the card's preprocessing (for C++ programs)."""
+    from alexnet_deploy.predict import run_preprocess
+
+    run_preprocess(list(images), card, out)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def info(path):
+    """Describe weights, an artifact, or an export folder."""
+    from alexnet_deploy.info import run_info
+
+    run_info(path)
+
+
+def main() -> None:
+    # Upstream deprecation chatter (TorchScript, onnxscript) is not the user's concern.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (UserError, CheckFailed) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

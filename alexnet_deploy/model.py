@@ -1,0 +1,370 @@
+"""AlexNet (torchvision-compatible), the 2012 paper variant, the model card and weights I/O.
+
+The registry below is the single source of architecture names: the CLI's choices, export,
+validate and the tests' parametrisation all read `MODELS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet_deploy.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = builder
+        return builder
+
+    return wrap
+
+
+def build_model(arch: str, num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
+    if arch not in MODELS:
+        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    return MODELS[arch](num_classes=num_classes, dropout=dropout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+def _classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    # Indices match torchvision (classifier.1/.4/.6 are the Linears) so state dicts interchange.
+    return nn.Sequential(
+        nn.Dropout(p=dropout),
+        nn.Linear(in_features, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )
+
+
+class AlexNet(nn.Module):
+    """torchvision's AlexNet ("one weird trick" widths 64-192-384-256-256), same module names."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(256 * 6 * 6, num_classes, dropout)
+        self._init_torchvision()
+
+    def _init_torchvision(self) -> None:
+        # torchvision's AlexNet keeps PyTorch's default layer initialisation; re-running
+        # reset_parameters makes that explicit and independent of construction order.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.reset_parameters()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        return torch.flatten(x, 1)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class AlexNet2012(AlexNet):
+    """The network of Krizhevsky et al. (2012) on one device: widths 96-256-384-384-256 and
+    Local Response Normalization after the first two convolution blocks."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        nn.Module.__init__(self)
+        lrn = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(**lrn),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(96, 256, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(**lrn),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(256 * 6 * 6, num_classes, dropout)
+        self._init_paper()
+
+    def _init_paper(self) -> None:
+        # Paper, section 5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden
+        # fully-connected layers (gives ReLUs positive inputs early), 0 elsewhere.
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        ones = {id(convs[1]), id(convs[3]), id(convs[4]), id(linears[0]), id(linears[1])}
+        for m in convs + linears:
+            nn.init.normal_(m.weight, mean=0.0, std=0.01)
+            nn.init.constant_(m.bias, 1.0 if id(m) in ones else 0.0)
+
+
+@register_model("alexnet")
+def alexnet(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
+    return AlexNet(num_classes=num_classes, dropout=dropout)
+
+
+@register_model("alexnet-2012")
+def alexnet_2012(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
+    return AlexNet2012(num_classes=num_classes, dropout=dropout)
+
+
+def arch_from_state_dict(state: dict[str, torch.Tensor]) -> str:
+    """Tell the two registered networks apart by their first convolution's width."""
+    first = state.get("features.0.weight")
+    if first is None:
+        raise UserError("not an AlexNet state dict: it has no 'features.0.weight'")
+    return {64: "alexnet", 96: "alexnet-2012"}.get(first.shape[0], "unknown")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class InputSpec:
+    shape: list[int] = field(default_factory=lambda: [3, 224, 224])
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    resize: int = 256
+    crop: int = 224
+
+    @classmethod
+    def for_size(cls, crop: int) -> InputSpec:
+        # torchvision's eval recipe: resize the short side to crop*256/224, then centre-crop.
+        return cls(shape=[3, crop, crop], resize=int(round(crop * 256 / 224)), crop=crop)
+
+
+@dataclass
+class ModelCard:
+    """Everything a consumer needs to run the weights correctly; travels with every artifact."""
+
+    arch: str = "alexnet"
+    num_classes: int = 1000
+    classes: list[str] = field(default_factory=list)
+    input: InputSpec = field(default_factory=InputSpec)
+    data: dict[str, Any] = field(default_factory=dict)  # {"root": ..., "val": ...} when known
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            self.classes = [f"class_{i}" for i in range(self.num_classes)]
+        if len(self.classes) != self.num_classes:
+            raise UserError(
+                f"model card lists {len(self.classes)} class names for {self.num_classes} classes")
+
+    @property
+    def image_size(self) -> int:
+        return self.input.crop
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        d = dict(d)
+        known = {f for f in cls.__dataclass_fields__}
+        inp = InputSpec(**{k: v for k, v in d.pop("input", {}).items()
+                           if k in InputSpec.__dataclass_fields__})
+        return cls(input=inp, **{k: v for k, v in d.items() if k in known and k != "input"})
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise UserError(f"the model card is not valid JSON: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights I/O
+# ---------------------------------------------------------------------------------------------
+def save_weights(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
+    """Write safetensors with the card in the metadata, atomically."""
+    from safetensors.torch import save_file
+
+    from alexnet_deploy.utils import atomic_path, library_versions
+
+    if not card.versions:
+        card.versions = library_versions()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"card": card.to_json(), "format": "pt"})
+    return Path(path)
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The card of a safetensors file or of an export folder (its manifest), without the weights."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise UserError(f"{path} has no manifest.json: pass an export folder or a weights file")
+        try:
+            return ModelCard.from_dict(json.loads(manifest.read_text())["card"])
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{manifest} is not a valid manifest ({e})") from None
+    return load_weights(str(path))[1]
+
+
+def load_weights(spec: str | os.PathLike, num_classes: int | None = None,
+                 device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Build the model and its card from our safetensors, a torchvision .pth, or 'torchvision'.
+
+    `num_classes`, when given and different from the weights', replaces the head with a freshly
+    initialised one (fine-tuning); everything else must match exactly.
+    """
+    spec = str(spec)
+    if spec == "torchvision":
+        state, card = _torchvision_state()
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"weights file not found: {path} (pass a .safetensors, a .pth "
+                            "state dict, or the word 'torchvision')")
+        if path.suffix == ".safetensors":
+            state, card = _read_safetensors(path)
+        else:
+            state, card = _read_pth(path)
+    model = build_model(card.arch, card.num_classes)
+    _load_strict(model, state, spec)
+    if num_classes is not None and num_classes != card.num_classes:
+        model = replace_head(model, num_classes)
+        card.num_classes, card.classes = num_classes, [f"class_{i}" for i in range(num_classes)]
+    return model.to(device).eval(), card
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    old = model.classifier[6]
+    model.classifier[6] = nn.Linear(old.in_features, num_classes)
+    return model
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+        raise UserError(f"{source} does not match the {type(model).__name__} architecture: {detail}") \
+            from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); re-export or retrain it") \
+            from None
+    if "card" in meta:
+        card = ModelCard.from_json(meta["card"])
+    else:
+        card = _card_from_state(state, source=str(path))
+    card.source = str(path)
+    return state, card
+
+
+def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe pickles
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a loadable state dict ({msg}); only plain tensors are "
+                        "accepted (torch.load weights_only=True)") from None
+    # torchvision's reference trainer saves {"model": state_dict, ...}; accept that too.
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj, _card_from_state(obj, source=str(path))
+
+
+def _card_from_state(state: dict[str, torch.Tensor], source: str) -> ModelCard:
+    arch = arch_from_state_dict(state)
+    if arch == "unknown":
+        raise UserError(f"{source}: features.0 has {state['features.0.weight'].shape[0]} channels; "
+                        f"known architectures: {', '.join(MODELS)}")
+    head = state.get("classifier.6.weight")
+    if head is None:
+        raise UserError(f"{source} has no 'classifier.6.weight': not an AlexNet state dict")
+    n = head.shape[0]
+    classes = imagenet_classes() if n == 1000 else []
+    return ModelCard(arch=arch, num_classes=n, classes=classes, source=source)
+
+
+def imagenet_classes() -> list[str]:
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _torchvision_state() -> tuple[dict[str, torch.Tensor], ModelCard]:
+    from torchvision.models import AlexNet_Weights
+
+    weights = AlexNet_Weights.IMAGENET1K_V1
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_WEIGHTS_FILE
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=False)
+    except Exception as e:  # URLError, socket errors, HTTP errors: all mean "could not download"
+        raise UserError(f"could not download torchvision's AlexNet IMAGENET1K_V1 weights ({type(e).__name__}); "
+                        f"offline, place {TORCHVISION_WEIGHTS_FILE} at {cache}") from None
+    card = ModelCard(arch="alexnet", num_classes=1000, classes=imagenet_classes(),
+                     source="torchvision:AlexNet_Weights.IMAGENET1K_V1")
+    return state, card

@@ -1,0 +1,1 @@
+"""Placeholder: the runner implementations land here (one module per backend, imported here)."""

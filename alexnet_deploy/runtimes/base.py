@@ -1,0 +1,150 @@
+"""The Runner interface (after Polygraphy: activate / infer / deactivate, public methods check,
+subclasses implement `*_impl`) and the registry every command dispatches through."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.manifest import Artifact, Manifest
+
+RUNNERS: dict[str, type[Runner]] = {}
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    if cls.name in RUNNERS:
+        raise ValueError(f"runner {cls.name!r} is already registered")
+    RUNNERS[cls.name] = cls
+    return cls
+
+
+def get_runner(name: str) -> type[Runner]:
+    if name not in RUNNERS:
+        raise UserError(f"unknown backend {name!r}; choose from: {', '.join(RUNNERS)}")
+    return RUNNERS[name]
+
+
+class Runner(ABC):
+    """Runs one artifact. `infer` takes float32 NCHW numpy and returns float32 logits."""
+
+    name: ClassVar[str]  # registry name, e.g. "onnxruntime-cpu"
+    formats: ClassVar[tuple[str, ...]]  # manifest formats it executes
+    device: ClassVar[str] = "cpu"  # "cpu" or "cuda"
+
+    def __init__(self, manifest: Manifest, artifact: Artifact, threads: int | None = None) -> None:
+        self.manifest = manifest
+        self.artifact = artifact
+        self.threads = threads
+        self.active = False
+        self.load_s: float | None = None
+
+    # -- what applies where ----------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this runner can run on this machine, else why not (missing package, no GPU)."""
+        return None
+
+    @classmethod
+    def accepts(cls, artifact: Artifact) -> bool:
+        return artifact.format in cls.formats
+
+    # -- properties used by reports --------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return self.artifact.format
+
+    @property
+    def precision(self) -> str:
+        return self.artifact.precision
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.artifact.precision}]"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def activate(self) -> Runner:
+        if not self.active:
+            reason = self.unavailable_reason()
+            if reason:
+                raise UserError(f"backend {self.name} cannot run here: {reason}")
+            t0 = time.perf_counter()
+            self.activate_impl()
+            self.load_s = time.perf_counter() - t0
+            self.active = True
+        return self
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.active:
+            raise RuntimeError(f"{self.name}: call activate() before infer()")
+        self.check_input(batch)
+        out = self.infer_impl(batch)
+        return np.asarray(out, dtype=np.float32)
+
+    def deactivate(self) -> None:
+        if self.active:
+            self.deactivate_impl()
+            self.active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def check_input(self, batch: np.ndarray) -> None:
+        expected = tuple(self.manifest.card.input.shape)
+        lo, hi = self.artifact.batch.get("min", 1), self.artifact.batch.get("max", 1)
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
+            got = getattr(batch, "dtype", type(batch).__name__)
+            raise UserError(f"{self.name}: expected a float32 numpy array, got {got}")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise UserError(f"{self.name}: expected input of shape (N, {', '.join(map(str, expected))}), "
+                            f"got {tuple(batch.shape)}")
+        if not lo <= batch.shape[0] <= hi:
+            raise UserError(f"{self.name}: batch size {batch.shape[0]} is outside the artifact's "
+                            f"range {lo}..{hi}; re-export with a larger --max-batch")
+
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def deactivate_impl(self) -> None:
+        """Release the session / engine; the default drops references for the GC."""
+
+
+@dataclass
+class RunnerChoice:
+    """One (runner, artifact) pair a command may run, or the reason it cannot."""
+
+    runner: str
+    artifact: Artifact
+    reason: str | None = None  # None means available
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+
+def runners_for(manifest: Manifest, names: list[str] | None = None) -> list[RunnerChoice]:
+    """Every runner that applies to an artifact in the manifest, with its availability.
+
+    `names` restricts to those runners; an unknown name is a UserError listing the valid ones.
+    """
+    if names:
+        for n in names:
+            get_runner(n)
+    choices = []
+    for name, cls in RUNNERS.items():
+        if names and name not in names:
+            continue
+        for art in [manifest.weights_artifact(), *manifest.artifacts]:
+            if cls.accepts(art):
+                choices.append(RunnerChoice(name, art, cls.unavailable_reason()))
+    return choices
