@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.model import MODELS, build_model, load_weights, save_weights, read_card
+from alexnet_deploy.model import MODELS, build_model, load_weights, read_card, save_weights
 
 
 @pytest.mark.parametrize("num_classes", [10, 1000])
@@ -28,14 +28,14 @@ def test_we_load_torchvision_state_dict_from_pth(tmp_path):
 
 def test_alexnet_2012_has_paper_shapes_and_lrn():
     m = build_model("alexnet-2012", 1000)
-    convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
+    convs = [m_ for m_ in m.features if isinstance(m_, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
     assert [c.kernel_size for c in convs] == [(11, 11), (5, 5), (3, 3), (3, 3), (3, 3)]
-    lrns = [l for l in m.features if isinstance(l, torch.nn.LocalResponseNorm)]
+    lrns = [m_ for m_ in m.features if isinstance(m_, torch.nn.LocalResponseNorm)]
     assert len(lrns) == 2
-    assert all((l.size, l.alpha, l.beta, l.k) == (5, 1e-4, 0.75, 2.0) for l in lrns)
+    assert all((m_.size, m_.alpha, m_.beta, m_.k) == (5, 1e-4, 0.75, 2.0) for m_ in lrns)
     # LRN sits right after the first two conv+ReLU blocks
-    idx = [i for i, l in enumerate(m.features) if isinstance(l, torch.nn.LocalResponseNorm)]
+    idx = [i for i, m_ in enumerate(m.features) if isinstance(m_, torch.nn.LocalResponseNorm)]
     assert idx == [2, 6]
     assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     # paper init: biases 1 in conv2/4/5 and hidden FCs, weights std ~0.01

@@ -4,6 +4,7 @@ Importing this package registers every runner; heavy runtimes (onnxruntime, open
 are imported only inside `activate`, so listing runners costs nothing.
 """
 
+from alexnet_deploy.runtimes import backends  # noqa: F401,E402  (registers the runners)
 from alexnet_deploy.runtimes.base import (  # noqa: F401
     RUNNERS,
     Runner,
@@ -12,4 +13,3 @@ from alexnet_deploy.runtimes.base import (  # noqa: F401
     register_runner,
     runners_for,
 )
-from alexnet_deploy.runtimes import backends  # noqa: F401,E402  (registers the runners)

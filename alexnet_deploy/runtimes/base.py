@@ -115,7 +115,7 @@ class Runner(ABC):
     @abstractmethod
     def infer_impl(self, batch: np.ndarray) -> np.ndarray: ...
 
-    def deactivate_impl(self) -> None:
+    def deactivate_impl(self) -> None:  # noqa: B027  (optional hook; most runtimes need nothing)
         """Release the session / engine; the default drops references for the GC."""
 
 
@@ -148,3 +148,10 @@ def runners_for(manifest: Manifest, names: list[str] | None = None) -> list[Runn
             if cls.accepts(art):
                 choices.append(RunnerChoice(name, art, cls.unavailable_reason()))
     return choices
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when torch sees a CUDA device, else the reason every CUDA runner and exporter reports."""
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device"

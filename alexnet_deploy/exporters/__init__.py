@@ -1,0 +1,288 @@
+"""Export: weights -> one folder of deployment artifacts + manifest.json.
+
+Every format is one module that registers an Exporter; `export_all` resolves the requested names
+through the registry, exports them in dependency order into a staging folder, loads each artifact
+back with its runner to compare it with eager PyTorch, writes the manifest last, and only then
+renames the staging folder into place: a failed or killed export never leaves a folder whose
+manifest lists a half-written file.
+"""
+# ruff: noqa: I001
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.exporters.base import (  # noqa: F401
+    EXPORTERS,
+    ExportContext,
+    Exporter,
+    no_tf32,
+    register_exporter,
+)
+from alexnet_deploy.manifest import Artifact, Manifest, Skipped
+from alexnet_deploy.utils import sha256_file
+
+# One module per format; import order is registry order (and `--help`'s).
+from alexnet_deploy.exporters import torchscript, onnx, torch_export, aoti, openvino  # noqa: E402,F401
+from alexnet_deploy.exporters import tensorrt, triton  # noqa: E402,F401  (helper B2)
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Which formats, in which order
+# ---------------------------------------------------------------------------------------------
+def unavailable_reason(name: str, device: str) -> str | None:
+    """Why `name` cannot be exported here (its own reason or a required format's), or None."""
+    cls = EXPORTERS[name]
+    reason = cls.unavailable_reason(device)
+    if reason:
+        return reason
+    for dep in cls.requires:
+        dep_reason = unavailable_reason(dep, device)
+        if dep_reason:
+            return f"needs {dep}, which cannot be exported here: {dep_reason}"
+    return None
+
+
+def plan_formats(requested: list[str] | None, device: str = "cpu") -> tuple[list[str], list[Skipped]]:
+    """The formats to export, dependencies first, and those `all` had to skip (with the reason)."""
+    names = list(dict.fromkeys(requested or ["all"]))
+    choices = ", ".join(EXPORTERS)
+    if "all" in names:
+        if len(names) > 1:
+            raise UserError(f"--formats all cannot be combined with other names; choose 'all' or some of: "
+                            f"{choices}")
+        reasons = {n: unavailable_reason(n, device) for n in EXPORTERS}
+        return (_ordered([n for n, r in reasons.items() if r is None]),
+                [Skipped(n, r) for n, r in reasons.items() if r is not None])
+    for n in names:
+        if n not in EXPORTERS:
+            raise UserError(f"unknown format {n!r}; choose from: {choices} (or 'all')")
+    for n in names:
+        reason = unavailable_reason(n, device)
+        if reason:
+            raise UserError(f"cannot export {n} here: {reason}")
+    return _ordered(names), []
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Registry order, except that each format comes after its `requires` (added when missing)
+    and after its `after` formats when those are exported too."""
+    wanted = set(names)
+    stack = list(names)
+    while stack:
+        for dep in EXPORTERS[stack.pop()].requires:
+            if dep not in wanted:
+                wanted.add(dep)
+                stack.append(dep)
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        if n in order:
+            return
+        cls = EXPORTERS[n]
+        for dep in (*cls.requires, *(a for a in cls.after if a in wanted)):
+            visit(dep)
+        order.append(n)
+
+    for n in EXPORTERS:
+        if n in wanted:
+            visit(n)
+    return order
+
+
+# ---------------------------------------------------------------------------------------------
+# export_all
+# ---------------------------------------------------------------------------------------------
+def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list[str] | None = None,
+               max_batch: int = 64, opset: int = 18, calib_data: str | os.PathLike | None = None,
+               calib_images: int = 256, device: str = "cpu", force: bool = False,
+               show: bool = True) -> Manifest:
+    """Export `weights` into `out` as `formats` (default 'all'); returns the written manifest."""
+    from alexnet_deploy.exporters.calibration import resolve_calib_data
+    from alexnet_deploy.model import load_weights
+
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}")
+    if calib_images < 1:
+        raise UserError(f"--calib-images must be at least 1, got {calib_images}")
+    _check_device(device)
+    order, skipped = plan_formats(formats, device)
+    if "onnx" in order:
+        onnx.check_opset(opset)
+    out = Path(out)
+    _check_out(out, force, weights, calib_data)
+    model, card = load_weights(weights, device=device)
+    needs_calib = any(EXPORTERS[n].needs_calibration for n in order)
+    calib = resolve_calib_data(card, calib_data) if needs_calib else None
+
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        ctx = ExportContext(model=model, card=card, out=stage, max_batch=max_batch, opset=opset,
+                            device=device, calib_data=calib, calib_images=calib_images)
+        manifest = _export_into(ctx, weights, order, skipped, show)
+        manifest.write(stage)  # last: the manifest only ever lists finished, checked files
+        _replace_dir(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    manifest.root = out
+    if show:
+        print_summary(manifest, out)
+    return manifest
+
+
+def _check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA device here; export with --device cpu")
+
+
+def _check_out(out: Path, force: bool, *inputs: Any) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
+        for p in inputs:  # --force must never delete what this export reads
+            if p is not None and Path(p).exists() and Path(p).resolve().is_relative_to(out.resolve()):
+                raise UserError(f"--force would delete {p}, which lies inside {out}: choose another --out")
+
+
+def _replace_dir(stage: Path, out: Path) -> None:
+    """Put the finished folder at `out`; an old `out` is moved aside first, then deleted."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(ctx: ExportContext, weights: Any, order: list[str], skipped: list[Skipped],
+                 show: bool) -> Manifest:
+    from alexnet_deploy.model import save_weights
+    from alexnet_deploy.utils import library_versions
+
+    copy = ctx.out / WEIGHTS_FILE
+    save_weights(ctx.model, ctx.card, copy)
+    source = {"source": str(weights)}
+    if Path(str(weights)).is_file():
+        source["source_sha256"] = sha256_file(weights)
+    manifest = Manifest(card=ctx.card, weights={"path": WEIGHTS_FILE, "sha256": sha256_file(copy), **source},
+                        skipped=list(skipped), versions=library_versions(), root=ctx.out)
+    for name in order:
+        if show:
+            print(f"exporting {name} ...", flush=True)
+        for art in _run_exporter(name, ctx):
+            art.extra["check"] = check_artifact(manifest, art, ctx)
+            ctx.artifacts.append(art)
+            manifest.artifacts.append(art)
+    return manifest
+
+
+def _run_exporter(name: str, ctx: ExportContext) -> list[Artifact]:
+    try:
+        return EXPORTERS[name]().export(ctx)
+    except UserError as e:
+        raise UserError(f"{name} export failed: {e}") from e
+    except Exception as e:  # an upstream exporter's failure is still one clear line to the user
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"{name} export failed: {type(e).__name__}: {first}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# The check after every artifact
+# ---------------------------------------------------------------------------------------------
+def pick_runner(artifact: Artifact) -> tuple[type | None, str | None]:
+    """The first available runner that accepts the artifact, preferring its device; else the
+    reason none can run it."""
+    from alexnet_deploy.runtimes import RUNNERS
+
+    accepting = [cls for cls in RUNNERS.values() if cls.accepts(artifact)]
+    if not accepting:
+        return None, f"no runner executes {artifact.format} artifacts"
+    for cls in sorted(accepting, key=lambda c: c.device != artifact.device):
+        if cls.unavailable_reason() is None:
+            return cls, None
+    return None, "; ".join(f"{c.name}: {c.unavailable_reason()}" for c in accepting)
+
+
+def check_artifact(manifest: Manifest, art: Artifact, ctx: ExportContext) -> dict[str, Any]:
+    """Run a batch of 2 through the artifact's runner and compare with eager within the
+    precision's limits (int8: top-1 agreement only). A failure is a UserError naming the format."""
+    import torch
+
+    from alexnet_deploy.tolerances import limits_for
+
+    runner_cls, reason = pick_runner(art)
+    if runner_cls is None:
+        return {"status": "skipped", "reason": reason}
+    x = ctx.sample(min(2, art.batch.get("max", 2)))
+    with torch.no_grad(), no_tf32():
+        ref = ctx.model(x).float().cpu().numpy()
+    started = time.perf_counter()
+    with runner_cls(manifest, art) as runner:
+        y = runner.infer(x.cpu().numpy())
+    limits = limits_for(art.precision)
+    result: dict[str, Any] = {
+        "status": "ok", "runner": runner_cls.name, "batch": int(x.shape[0]),
+        "top1_agreement": float((y.argmax(1) == ref.argmax(1)).mean()),
+        "max_abs": float(np.abs(y - ref).max()), "atol": limits.atol, "rtol": limits.rtol,
+        "seconds": round(time.perf_counter() - started, 3)}
+    failures = []
+    if limits.atol is not None and not np.allclose(y, ref, atol=limits.atol, rtol=limits.rtol):
+        failures.append(f"max abs error {result['max_abs']:.3g} exceeds atol {limits.atol} + rtol {limits.rtol}")
+    if result["top1_agreement"] < limits.min_top1_agreement:
+        failures.append(f"top-1 agreement {result['top1_agreement']:.0%} is below "
+                        f"{limits.min_top1_agreement:.1%}")
+    if failures:
+        raise UserError(f"{art.format} {art.precision} ({art.path}) failed its check on "
+                        f"{runner_cls.name} against eager PyTorch: {'; '.join(failures)}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+def check_text(check: dict[str, Any]) -> str:
+    if check.get("status") != "ok":
+        return f"not run: {check.get('reason')}"
+    if check.get("atol") is None:
+        return f"ok {check['runner']}, top-1 {check['top1_agreement']:.0%}"
+    return f"ok {check['runner']}, max abs {check['max_abs']:.0e}"
+
+
+def print_summary(manifest: Manifest, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: one row per artifact, not 80-column wrapping
+        console = Console(width=160)
+    table = Table(title=f"exported to {out}")
+    for col in ("format", "precision", "file", "MB", "seconds", "check"):
+        table.add_column(col, justify="right" if col in ("MB", "seconds") else "left",
+                         no_wrap=col != "check")
+    for a in manifest.artifacts:
+        table.add_row(a.format, a.precision, a.path, f"{a.bytes / 1e6:.1f}", f"{a.export_s:.1f}",
+                      check_text(a.extra.get("check", {})))
+    console.print(table)
+    for s in manifest.skipped:
+        console.print(f"skipped {s.format}: {s.reason}")

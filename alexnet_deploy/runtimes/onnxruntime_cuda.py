@@ -1,0 +1,116 @@
+"""ONNX Runtime on NVIDIA GPUs: `onnxruntime-cuda` (CUDAExecutionProvider) and
+`onnxruntime-tensorrt` (TensorrtExecutionProvider, falling back to CUDA for what TensorRT cannot
+take). Both need the onnxruntime-gpu build, which installs the same `onnxruntime` module as the CPU
+build (never both in one environment)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.runtimes.base import cuda_unavailable_reason, register_runner
+from alexnet_deploy.runtimes.onnxruntime_runner import OrtCpuRunner
+
+ORT_TRT_WORKSPACE_BYTES = 1 << 30
+
+
+def ort_provider_unavailable_reason(provider: str) -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    no_cuda = cuda_unavailable_reason()  # the root cause on a CPU-only machine: report it first
+    if no_cuda:
+        return no_cuda
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        return (f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu in place "
+                f"of onnxruntime)")
+    return None
+
+
+def ort_trt_cache_dir(sha256: str, precision: str) -> Path:
+    """Where the TensorRT EP keeps engines it built, one folder per artifact and precision, so
+    the second session on the same file loads in seconds instead of rebuilding."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "alexnet-deploy" / "ort-tensorrt" / f"{precision}-{sha256[:16]}"
+
+
+class OrtGpuRunner(OrtCpuRunner):
+    """The CPU runner's session on a GPU execution provider (inference and release are the
+    CPU runner's); subclasses name the provider chain."""
+
+    device = "cuda"
+    provider: ClassVar[str]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return ort_provider_unavailable_reason(cls.provider)
+
+    def providers(self) -> list[Any]:
+        raise NotImplementedError
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        if hasattr(ort, "preload_dlls"):
+            # CUDA / cuDNN from the nvidia-* wheels torch already depends on, when present; if
+            # they are not, the provider check below says what is missing
+            with contextlib.suppress(OSError, ImportError):
+                ort.preload_dlls()
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        path = self.manifest.path_of(self.artifact)
+        self._session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers())
+        active = self._session.get_providers()
+        if self.provider not in active:
+            raise UserError(f"{self.name}: onnxruntime could not enable {self.provider} for "
+                            f"{self.artifact.path} and fell back to {', '.join(active)}; check that the "
+                            f"CUDA, cuDNN (and TensorRT) libraries match onnxruntime-gpu {ort.__version__}")
+        inp = self._session.get_inputs()[0]
+        self._input = inp.name
+        self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+
+@register_runner
+class OrtCudaRunner(OrtGpuRunner):
+    name = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
+
+    def cuda_options(self) -> dict[str, Any]:
+        # TF32 (on by default on Ampere and newer) rounds matmul inputs to 10 mantissa bits, which
+        # an fp32 artifact must not do if it is to match eager within fp32 tolerances
+        return {"device_id": 0, "use_tf32": int(self.precision != "fp32")}
+
+    def providers(self) -> list[Any]:
+        return [(self.provider, self.cuda_options()), "CPUExecutionProvider"]
+
+
+@register_runner
+class OrtTensorRTRunner(OrtGpuRunner):
+    name = "onnxruntime-tensorrt"
+    provider = "TensorrtExecutionProvider"
+
+    def trt_options(self) -> dict[str, Any]:
+        cache = ort_trt_cache_dir(self.artifact.sha256, self.precision)
+        cache.mkdir(parents=True, exist_ok=True)
+        return {
+            "device_id": 0,
+            "trt_max_workspace_size": ORT_TRT_WORKSPACE_BYTES,
+            "trt_fp16_enable": self.precision == "fp16",
+            # Q/DQ graphs are explicitly quantized: TensorRT needs int8 enabled, no calibration table
+            "trt_int8_enable": self.precision == "int8",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+        }
+
+    def providers(self) -> list[Any]:
+        cuda = OrtCudaRunner(self.manifest, self.artifact).cuda_options()
+        return [(self.provider, self.trt_options()), ("CUDAExecutionProvider", cuda),
+                "CPUExecutionProvider"]

@@ -1,0 +1,260 @@
+"""`alexnet-deploy export`: every CPU format, its post-export check, the manifest, the model card
+inside the artifacts, the LRN variant, and every bad input the issue lists."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
+
+from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.exporters import EXPORTERS, ExportContext, check_artifact, plan_formats
+from alexnet_deploy.exporters.calibration import split_sizes
+from alexnet_deploy.manifest import Manifest, verify_integrity
+from alexnet_deploy.model import InputSpec, ModelCard, build_model, load_weights, save_weights
+from alexnet_deploy.utils import sha256_file
+
+CPU_ARTIFACTS = {("torchscript", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
+                 ("torch-export", "fp32"), ("aoti", "fp32"), ("openvino", "fp32")}
+
+
+@pytest.fixture(scope="module")
+def manifest(exported_dir) -> Manifest:
+    return Manifest.read(exported_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# What `export --formats all` wrote
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_cpu_format_is_exported_and_passed_its_check(manifest):
+    got = {(a.format, a.precision) for a in manifest.artifacts}
+    assert CPU_ARTIFACTS <= got
+    for a in manifest.artifacts:
+        if (a.format, a.precision) in CPU_ARTIFACTS:
+            check = a.extra["check"]
+            assert check["status"] == "ok" and check["batch"] == 2, (a.key, check)
+            assert a.batch == {"min": 1, "max": 8} and a.export_s > 0 and a.bytes > 0
+
+
+def test_all_exports_every_format_or_says_why_not(manifest):
+    exported = {a.format for a in manifest.artifacts}
+    skipped = {s.format: s.reason for s in manifest.skipped}
+    assert set(EXPORTERS) == exported | set(skipped)
+    assert all(skipped.values()), skipped
+    if "tensorrt" in skipped:  # every machine without TensorRT and a GPU
+        assert "tensorrt" in skipped["tensorrt"] or "CUDA" in skipped["tensorrt"]
+
+
+def test_manifest_hashes_match_the_files_and_nothing_temporary_is_left(exported_dir, manifest):
+    assert manifest.weights["sha256"] == sha256_file(exported_dir / manifest.weights["path"])
+    for a in manifest.artifacts:
+        assert verify_integrity(manifest, a) is None, a.key
+    for a in manifest.find("openvino"):
+        assert list(a.extra["files"]) == ["openvino/alexnet.bin"]
+    leftovers = [p for p in exported_dir.rglob("*") if ".tmp" in p.name or ".partial" in p.name]
+    assert not leftovers
+    assert not list(exported_dir.parent.glob(f".{exported_dir.name}.*"))
+
+
+def test_int8_records_calibration_and_heldout_agreement(manifest):
+    (a,) = manifest.find("onnx", "int8")
+    q = a.extra["quantization"]
+    assert (q["format"], q["activations"], q["weights"]) == ("QDQ", "int8", "int8 per-channel")
+    # the demo val split holds 40 images: 32 calibrate, the rest are held out
+    assert q["calibration_images"] == 32 and a.extra["heldout_images"] == 8
+    assert 0.0 <= a.extra["heldout_top1_agreement"] <= 1.0
+    assert a.extra["check"]["atol"] is None  # int8: decisions only, no elementwise limit
+
+
+def test_calibration_split_never_overlaps_and_keeps_both_parts():
+    assert split_sizes(10_000, 256) == (256, 64)
+    assert split_sizes(40, 32) == (32, 8)
+    calib, held = split_sizes(5, 256)
+    assert calib >= 1 and held >= 1 and calib + held <= 5
+    with pytest.raises(UserError, match="at least 2 images"):
+        split_sizes(1, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model card inside the artifacts
+# ---------------------------------------------------------------------------------------------
+def test_card_round_trips_through_onnx_metadata(exported_dir, manifest):
+    from alexnet_deploy.exporters.onnx import read_card_metadata
+
+    for a in manifest.find("onnx"):
+        meta = read_card_metadata(exported_dir / a.path)
+        assert ModelCard.from_json(meta["card"]) == manifest.card
+        assert json.loads(meta["classes"]) == manifest.card.classes
+        assert json.loads(meta["mean"]) == manifest.card.input.mean
+        assert json.loads(meta["std"]) == manifest.card.input.std
+        assert int(meta["num_classes"]) == manifest.card.num_classes
+        assert int(meta["input_size"]) == TEST_IMAGE_SIZE
+        assert meta["precision"] == a.precision
+
+
+def test_card_round_trips_through_torchscript_extra_files(exported_dir, manifest):
+    (a,) = manifest.find("torchscript")
+    extra = {"card.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(exported_dir / a.path), _extra_files=extra)
+    assert ModelCard.from_json(extra["card.json"]) == manifest.card
+
+
+def test_card_travels_in_torch_export_aoti_and_openvino(exported_dir, manifest):
+    import openvino as ov
+    from torch._inductor import aoti_load_package
+
+    extra = {"card.json": ""}
+    torch.export.load(str(exported_dir / manifest.find("torch-export")[0].path), extra_files=extra)
+    assert ModelCard.from_json(extra["card.json"]) == manifest.card
+    aoti = aoti_load_package(str(exported_dir / manifest.find("aoti")[0].path))
+    assert ModelCard.from_json(aoti.get_metadata()["card"]) == manifest.card
+    ir = ov.Core().read_model(str(exported_dir / manifest.find("openvino")[0].path))
+    assert ModelCard.from_json(ir.get_rt_info(["framework", "card"]).astype(str)) == manifest.card
+
+
+# ---------------------------------------------------------------------------------------------
+# AlexNet 2012 (Local Response Normalization)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_alexnet_2012_lrn_survives_onnx_openvino_torchscript_torch_export(tmp_path, demo_data):
+    """Each format's real exporter, then export's own check against eager (int8 and aoti are left
+    out only to keep the suite fast)."""
+    torch.manual_seed(0)
+    card = ModelCard(arch="alexnet-2012", num_classes=10,
+                     classes=check_class_folders(resolve_split(demo_data, "train")),
+                     input=InputSpec.for_size(TEST_IMAGE_SIZE))
+    model = build_model("alexnet-2012", 10).eval()
+    save_weights(model, card, tmp_path / "weights.safetensors")
+    ctx = ExportContext(model=model, card=card, out=tmp_path, max_batch=4)
+    manifest = Manifest(card=card, weights={"path": "weights.safetensors"}, root=tmp_path)
+    onnx_exporter = EXPORTERS["onnx"]()
+    arts = [*EXPORTERS["torchscript"]().export(ctx), *EXPORTERS["torch-export"]().export(ctx),
+            onnx_exporter._export_torch(ctx, model, "fp32")]
+    ctx.artifacts.extend(arts)
+    arts += EXPORTERS["openvino"]().export(ctx)
+    for a in arts:
+        check = check_artifact(manifest, a, ctx)
+        assert check["status"] == "ok" and check["max_abs"] <= 1e-4, (a.key, check)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing formats
+# ---------------------------------------------------------------------------------------------
+def test_required_formats_come_first_and_are_added():
+    order, skipped = plan_formats(["openvino"])
+    assert order == ["onnx", "openvino"] and skipped == []
+    order, _ = plan_formats(["openvino", "torchscript", "openvino"])
+    assert order.index("onnx") < order.index("openvino") and order.count("openvino") == 1
+
+
+def test_unknown_format_lists_the_valid_ones():
+    with pytest.raises(UserError) as e:
+        plan_formats(["onnx", "tflite"])
+    assert "tflite" in str(e.value) and all(n in str(e.value) for n in EXPORTERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# --force and failure: nothing half-written
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_force_replaces_a_folder_and_a_failed_export_leaves_it_untouched(random_weights, tmp_path,
+                                                                          demo_data):
+    from alexnet_deploy.exporters import export_all
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    export_all(random_weights, out, formats=["torch-export"], max_batch=2, force=True, show=False)
+    assert not (out / "old.txt").exists()
+    assert [a.format for a in Manifest.read(out).artifacts] == ["torch-export"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # calibration images that only fail when int8 reads them: the fp32 and fp16 ONNX files are
+    # already written by then
+    calib = tmp_path / "calib"
+    for i, cls in enumerate(check_class_folders(resolve_split(demo_data, "val"))):
+        (calib / cls).mkdir(parents=True)
+        src = next((demo_data / "val" / cls).iterdir())
+        (calib / cls / "img.png").write_bytes(b"broken" if i == 0 else src.read_bytes())
+    with pytest.raises(UserError, match="onnx export failed: cannot read image"):
+        export_all(random_weights, out, formats=["onnx"], max_batch=2, calib_data=calib, force=True,
+                   show=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "out"]  # no staging folder left
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input through the CLI: one line, exit 2, nothing written
+# ---------------------------------------------------------------------------------------------
+def test_help_lists_the_registered_formats():
+    proc = run_cli("export", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert all(n in text for n in EXPORTERS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing-weights", "corrupt-weights", "unknown-format", "opset", "max-batch",
+                                  "not-empty", "calib-missing", "calib-classes"])
+def test_bad_input_is_one_clear_line(case, random_weights, tmp_path, demo_data):
+    out = tmp_path / "out"
+    args = [random_weights, "--out", out, "--formats", "onnx"]
+    needles: tuple[str, ...]
+    if case == "missing-weights":
+        args[0], needles = tmp_path / "nope.safetensors", ("weights file not found",)
+    elif case == "corrupt-weights":
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(b"not safetensors at all")
+        args[0], needles = bad, ("not a readable safetensors",)
+    elif case == "unknown-format":
+        args[4], needles = "onnx,tflite", ("unknown format 'tflite'", "torchscript", "openvino")
+    elif case == "opset":
+        args += ["--opset", "12"]
+        needles = ("--opset 12", "18")
+    elif case == "max-batch":
+        args += ["--max-batch", "0"]
+        needles = ("--max-batch must be at least 1",)
+    elif case == "not-empty":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+        needles = ("not empty", "--force")
+    elif case == "calib-missing":
+        args += ["--calib-data", tmp_path / "no-such-dir"]
+        needles = ("--calib-data", "not found")
+    else:  # a folder whose classes are not the model's
+        other = make_demo(tmp_path / "other", classes=3, per_class=1, size=32)
+        args += ["--calib-data", other]
+        needles = ("--calib-data", "different classes")
+    proc = run_cli("export", *args)
+    assert_user_error(proc, *needles)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (out / "manifest.json").exists()
+    if case == "not-empty":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_force_never_deletes_the_weights_it_reads(tmp_path, random_weights):
+    from alexnet_deploy.exporters import export_all
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(random_weights, run / "weights.safetensors")
+    with pytest.raises(UserError, match="--force would delete"):
+        export_all(run / "weights.safetensors", run, formats=["torch-export"], force=True, show=False)
+    assert (run / "weights.safetensors").exists()
+
+
+def test_exported_weights_copy_loads_with_the_card(exported_dir, manifest):
+    model, card = load_weights(exported_dir / manifest.weights["path"])
+    assert (card.arch, card.classes, card.input) == (manifest.card.arch, manifest.card.classes,
+                                                     manifest.card.input)
+    assert os.path.isfile(manifest.weights["source"])

@@ -1,0 +1,290 @@
+"""TensorRT engines: builder configuration per TensorRT major version and precision (against a
+stand-in for the tensorrt library), the sidecar, the user-facing errors where TensorRT is missing,
+and a real build-and-run test wherever TensorRT and a GPU exist."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
+from fake_tensorrt import calls_named, make_tensorrt
+from onnx import TensorProto, helper
+
+import alexnet_deploy.exporters.tensorrt as trt_export
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.exporters.base import ExportContext
+from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact, verify_integrity
+from alexnet_deploy.model import InputSpec, ModelCard
+from alexnet_deploy.runtimes.tensorrt_runner import check_built_here, tensorrt_unavailable_reason
+
+CARD = ModelCard(num_classes=10, input=InputSpec.for_size(TEST_IMAGE_SIZE))
+GPU = {"name": "Stand-in GPU", "compute_capability": "9.0", "cuda": "12.8"}
+MAX_BATCH = 8
+
+
+def tiny_onnx(path: Path, elem: int = TensorProto.FLOAT, qdq: bool = False, zero_point: int = 0) -> None:
+    """images (N, 3, 64, 64) -> logits (N, 10): small, valid, with the real I/O names and types."""
+    feat = 3 * TEST_IMAGE_SIZE * TEST_IMAGE_SIZE
+    np_type = helper.tensor_dtype_to_np_dtype(elem)
+    nodes, inits, src = [], [], "images"
+    if qdq:
+        inits += [helper.make_tensor("s", elem, [], [0.05]), helper.make_tensor("z", TensorProto.INT8, [], [zero_point])]
+        nodes += [helper.make_node("QuantizeLinear", ["images", "s", "z"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"])]
+        src = "dq"
+    w = np.random.default_rng(0).standard_normal((feat, 10)).astype(np_type)
+    inits.append(helper.make_tensor("w", elem, w.shape, w.tobytes(), raw=True))
+    nodes += [helper.make_node("Flatten", [src], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", elem, ["N", 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE])],
+        [helper.make_tensor_value_info("logits", elem, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def onnx_context(out: Path, precisions=("fp32", "fp16", "int8")) -> ExportContext:
+    kinds = {"fp32": {}, "fp16": {"elem": TensorProto.FLOAT16}, "int8": {"qdq": True}}
+    arts = []
+    for p in precisions:
+        path = out / f"alexnet_{p}.onnx"
+        tiny_onnx(path, **kinds[p])
+        sha, size = hash_artifact(path)
+        arts.append(Artifact("onnx", p, "cpu", path.name, sha, size, batch={"min": 1, "max": MAX_BATCH}))
+    return ExportContext(model=torch.nn.Identity(), card=CARD, out=out, max_batch=MAX_BATCH, artifacts=arts)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, request):
+    """Install the stand-in tensorrt library at the version the test asks for."""
+    trt = make_tensorrt(request.param)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_export, "gpu_info", lambda: dict(GPU))  # the machine, not our logic
+    return trt
+
+
+def _builds(trt) -> list[list[tuple]]:
+    """The recorded calls split into one list per engine build."""
+    builds = []
+    for name, args in trt.calls:
+        if name == "create_network":
+            builds.append([])
+        builds[-1].append((name, args))
+    return builds
+
+
+def _flags(build, name) -> set[str]:
+    return {args[0].name for n, args in build if n == name}
+
+
+# ----------------------------------------------------------------------------------------------
+# Builder configuration per version and precision
+# ----------------------------------------------------------------------------------------------
+EXPECTED = {  # (major, precision): (ONNX parsed, flags set, flags cleared)
+    ("10", "fp32"): ("fp32", set(), {"TF32"}),
+    ("10", "fp16"): ("fp32", {"FP16"}, set()),
+    ("10", "int8"): ("int8", {"INT8"}, set()),
+    ("11", "fp32"): ("fp32", set(), {"TF32"}),
+    ("11", "fp16"): ("fp16", set(), set()),
+    ("11", "int8"): ("int8", set(), set()),
+}
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0", "11.1.0"], indirect=True)
+def test_builder_is_configured_per_version_and_precision(fake_trt, tmp_path):
+    ctx = onnx_context(tmp_path)
+    arts = trt_export.TensorRTExporter().export(ctx)
+    major = fake_trt.__version__.split(".")[0]
+
+    assert [a.precision for a in arts] == ["fp32", "fp16", "int8"]
+    for art, build in zip(arts, _builds(fake_trt), strict=True):
+        source, set_flags, cleared = EXPECTED[(major, art.precision)]
+        parsed = [args[0] for n, args in build if n == "parse_from_file"]
+        assert parsed == [str(tmp_path / f"alexnet_{source}.onnx")], (major, art.precision)
+        assert _flags(build, "set_flag") == set_flags, (major, art.precision)
+        assert _flags(build, "clear_flag") == cleared, (major, art.precision)
+        # explicit batch is the default from 10 on and strong typing is implicit in 11: no flags
+        assert [args for n, args in build if n == "create_network"] == [(0,)]
+        assert [(a[0].name, a[1]) for n, a in build if n == "set_memory_pool_limit"] == \
+            [("WORKSPACE", trt_export.WORKSPACE_BYTES)]
+        chw = (3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+        assert [a for n, a in build if n == "profile.set_shape"] == \
+            [("images", (1, *chw), (MAX_BATCH // 2, *chw), (MAX_BATCH, *chw))]
+        assert art.format == "tensorrt" and art.device == "cuda"
+        assert (tmp_path / art.path).read_bytes().startswith(b"FAKE-ENGINE")
+
+
+@pytest.mark.parametrize("fake_trt", ["11.0.0"], indirect=True)
+def test_trt11_needs_the_fp16_onnx(fake_trt, tmp_path):
+    """Strong typing takes precision from the graph: no fp16 ONNX, no fp16 engine (10.x would
+    build one from the fp32 ONNX with the FP16 flag)."""
+    arts = trt_export.TensorRTExporter().export(onnx_context(tmp_path, ("fp32", "int8")))
+    assert [a.precision for a in arts] == ["fp32", "int8"]
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_asymmetric_int8_onnx_is_not_given_to_tensorrt(fake_trt, tmp_path, caplog):
+    """TensorRT's explicit quantization needs zero points of 0; anything else cannot build."""
+    ctx = onnx_context(tmp_path, ("fp32", "int8"))
+    tiny_onnx(tmp_path / "alexnet_int8.onnx", qdq=True, zero_point=-128)
+    arts = trt_export.TensorRTExporter().export(ctx)
+    assert [a.precision for a in arts] == ["fp32", "fp16"]
+    assert "asymmetrically" in caplog.text
+
+
+@pytest.mark.parametrize("fake_trt", ["10.3.0"], indirect=True)
+def test_trt10_builds_fp16_from_the_fp32_onnx(fake_trt, tmp_path):
+    arts = trt_export.TensorRTExporter().export(onnx_context(tmp_path, ("fp32",)))
+    assert [a.precision for a in arts] == ["fp32", "fp16"]
+
+
+def test_recipe_table_covers_future_and_rejects_old_versions():
+    assert trt_export.recipe_for("12.0.1") == (12, trt_export.RECIPES[11])
+    assert trt_export.recipe_for("10.13.0")[1] is trt_export.RECIPES[10]
+    with pytest.raises(UserError, match="TensorRT 10 or newer"):
+        trt_export.recipe_for("8.6.1")
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_timing_cache_is_saved_beside_the_engines_and_reused(fake_trt, tmp_path):
+    ctx = onnx_context(tmp_path, ("fp32",))
+    trt_export.TensorRTExporter().export(ctx)
+    cache = tmp_path / "tensorrt" / trt_export.TIMING_CACHE
+    saved = cache.read_bytes()
+    assert calls_named(fake_trt, "create_timing_cache")[0] == (b"",)  # first build starts empty
+    fake_trt.calls.clear()
+    trt_export.TensorRTExporter().export(ctx)  # a later export in the same folder
+    assert calls_named(fake_trt, "create_timing_cache")[0] == (saved,)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sidecar and manifest entry
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_sidecar_records_what_the_engine_depends_on(fake_trt, tmp_path):
+    ctx = onnx_context(tmp_path)
+    arts = {a.precision: a for a in trt_export.TensorRTExporter().export(ctx)}
+    fp16 = arts["fp16"]
+    (side_rel, side_sha), = fp16.extra["files"].items()
+    side = json.loads((tmp_path / side_rel).read_text())
+
+    assert side["tensorrt_version"] == "10.9.0"
+    assert side["gpu"] == GPU and fp16.extra["compute_capability"] == "9.0"
+    assert side["precision"] == "fp16" and side["builder_flags"] == ["FP16"]
+    assert side["source_onnx"] == "alexnet_fp32.onnx"
+    assert side["source_sha256"] == ctx.find("onnx", "fp32").sha256
+    assert side["profile"]["max"] == [MAX_BATCH, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE]
+    assert side["workspace_bytes"] == trt_export.WORKSPACE_BYTES
+    assert side["timing_cache"] == "tensorrt/timing.cache"
+    assert side["io"]["images"] == {"mode": "input", "dtype": "float32", "shape": [-1, 3, 64, 64]}
+    assert side["io"]["logits"]["mode"] == "output"
+
+    manifest = Manifest(card=CARD, weights={}, artifacts=list(arts.values()))
+    manifest.root = tmp_path
+    assert all(verify_integrity(manifest, a) is None for a in arts.values())
+    (tmp_path / side_rel).write_text("{}")  # an edited sidecar is caught like an edited engine
+    assert side_rel in verify_integrity(manifest, fp16)
+
+
+@pytest.mark.parametrize("fake_trt", ["11.1.0"], indirect=True)
+def test_trt11_fp16_engine_io_types_come_from_the_fp16_graph(fake_trt, tmp_path):
+    fp16 = next(a for a in trt_export.TensorRTExporter().export(onnx_context(tmp_path)) if a.precision == "fp16")
+    assert fp16.extra["io"]["images"]["dtype"] == "float16"
+
+
+def test_engine_from_another_gpu_or_version_is_refused_clearly():
+    side = {"tensorrt_version": "10.9.0", "gpu": {"name": "H100", "compute_capability": "9.0"}}
+    here = {"name": "RTX 4090", "compute_capability": "8.9"}
+    with pytest.raises(UserError, match="built for H100 .*8.9"):
+        check_built_here(side, "e.engine", "10.9.0", here)
+    with pytest.raises(UserError, match="TensorRT 10.9.0 but TensorRT 10.13.0"):
+        check_built_here(side, "e.engine", "10.13.0", {**here, "compute_capability": "9.0"})
+    check_built_here(side, "e.engine", "10.9.0", {"name": "H100 NVL", "compute_capability": "9.0"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Where TensorRT or a GPU is missing (this machine)
+# ----------------------------------------------------------------------------------------------
+def test_unavailable_reason_names_what_is_missing():
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        pytest.skip("tensorrt and a CUDA device are both present")
+    assert reason in ("tensorrt is not installed", "no CUDA device")
+    assert trt_export.TensorRTExporter.unavailable_reason("cpu") == reason
+
+
+@pytest.mark.slow
+def test_export_tensorrt_alone_is_a_clear_error(random_weights, tmp_path):
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        pytest.skip("tensorrt and a CUDA device are present: the export would succeed")
+    proc = run_cli("export", random_weights, "--out", tmp_path / "out", "--formats", "tensorrt",
+                   "--max-batch", "4")
+    assert_user_error(proc, "tensorrt", reason)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_all_plans_tensorrt_as_skipped_with_the_reason():
+    from alexnet_deploy.exporters import plan_formats
+
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        pytest.skip("tensorrt and a CUDA device are present: tensorrt is exported, not skipped")
+    order, skipped = plan_formats(["all"])
+    assert "tensorrt" not in order and "triton" in order  # triton goes on without engines
+    assert {"format": "tensorrt", "reason": reason} in [vars(s) for s in skipped]
+
+
+def test_all_lists_tensorrt_as_skipped(exported_dir):
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        pytest.skip("tensorrt and a CUDA device are present: tensorrt is exported, not skipped")
+    manifest = Manifest.read(exported_dir)
+    assert {"format": "tensorrt", "reason": reason} in [vars(s) for s in manifest.skipped]
+    assert not manifest.find("tensorrt")
+
+
+# ----------------------------------------------------------------------------------------------
+# The real thing, wherever TensorRT and a GPU exist
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_real_engine_matches_eager(random_weights, tmp_path):
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.runtimes.tensorrt_runner import TensorRTRunner
+    from alexnet_deploy.tolerances import limits_for
+
+    model, card = load_weights(random_weights)
+    model.eval()
+    onnx_path = tmp_path / "alexnet.onnx"
+    x = torch.randn(2, *card.input.shape)
+    torch.onnx.export(model, (x,), onnx_path, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
+                      dynamo=True, external_data=False)
+    sha, size = hash_artifact(onnx_path)
+    ctx = ExportContext(model=model, card=card, out=tmp_path, max_batch=MAX_BATCH,
+                        artifacts=[Artifact("onnx", "fp32", "cpu", onnx_path.name, sha, size,
+                                            batch={"min": 1, "max": MAX_BATCH})])
+    arts = trt_export.TensorRTExporter().export(ctx)
+    manifest = Manifest(card=card, weights={}, artifacts=arts)
+    manifest.root = tmp_path
+    for art in arts:
+        limits = limits_for(art.precision)
+        with TensorRTRunner(manifest, art) as runner:
+            for n in (1, 3, MAX_BATCH):
+                batch = torch.randn(n, *card.input.shape, generator=torch.Generator().manual_seed(n))
+                with torch.no_grad():
+                    ref = model(batch).numpy()
+                got = runner.infer(batch.numpy())
+                assert got.shape == ref.shape
+                if limits.atol is not None:  # (random weights: near-tied logits, so no top-1 check)
+                    np.testing.assert_allclose(got, ref, atol=limits.atol, rtol=limits.rtol)
