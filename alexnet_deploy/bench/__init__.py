@@ -1,0 +1,44 @@
+"""The benchmark harness: `benchmark()` returns a BenchmarkReport; `run_benchmark()` is the CLI's
+entry point (prints the table, writes JSON, Markdown and the PNG plot).
+
+    timing.py    warm-up, stability windows, percentiles, overhead, peak memory, CUDA events
+    harness.py   what to run, the runner loop, the report dataclasses
+    output.py    rich table, Markdown, plots
+    ../roofline.py  the machine's peak rates and the model's floor time
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from alexnet_deploy.bench.harness import (  # noqa: F401
+    DEFAULT_BATCH_SIZES,
+    BenchmarkReport,
+    BenchResult,
+    Skip,
+    benchmark,
+    default_threads,
+    machine_info,
+    machine_slug,
+)
+from alexnet_deploy.bench.output import print_table, render_markdown, write_outputs  # noqa: F401
+from alexnet_deploy.bench.timing import LatencyStats, Timing, time_calls, windows_agree  # noqa: F401
+
+
+def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = None,
+                  batch_sizes: Sequence[int] | None = None, warmup_s: float = 1.0,
+                  duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
+                  report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None
+                  ) -> BenchmarkReport:
+    """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json)."""
+    result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
+                       warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    json_path = Path(report) if report else Path(result.export_dir) / "benchmark.json"
+    paths = write_outputs(result, json_path, plot)
+    print_table(result)
+    print("wrote " + ", ".join(map(str, paths)))
+    return result

@@ -1,0 +1,354 @@
+"""benchmark(): every (runner, batch size) of an export folder timed the same way, with the
+machine's roofline measured in the same run. Results are dataclasses; the JSON keys follow DESIGN.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexnet_deploy.bench.timing import (
+    CudaTimedCall,
+    LatencyStats,
+    PeakMemory,
+    Timing,
+    harness_overhead_us,
+    time_calls,
+)
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.manifest import Artifact, Manifest
+
+DEFAULT_BATCH_SIZES = (1, 8, 32, 64)
+INPUT_BUFFERS = 4  # inputs rotate over these so no runtime can answer from a cached input
+INPUT_BUFFER_BUDGET = 256 << 20  # fewer buffers (at least two) when large batches would exceed it
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve")
+METHOD = {
+    "latency": "host wall clock (time.perf_counter) around each infer() call on numpy input, output "
+               "copied back; CUDA runners with device tensors: pinned host -> device copy, compute, "
+               "device -> host copy, timed with CUDA events per phase and the host clock overall",
+    "windows": "warm-up for warmup_s, then timed windows until 3 consecutive window medians agree "
+               "within 10% (stable) or duration_s of timed calls pass (stable=false); percentiles over "
+               "all timed calls",
+    "throughput": "batch_size * timed calls / timed seconds: one synchronous stream, no overlap",
+    "inputs": "random float32 batches made before timing, rotated over several buffers",
+    "harness_overhead": "median time of a no-op through the same timing loop; not subtracted",
+}
+
+
+@dataclass
+class BenchResult:
+    backend: str
+    format: str
+    precision: str
+    device: str
+    batch_size: int
+    threads: int
+    load_s: float
+    first_inference_ms: float
+    latency_ms: LatencyStats
+    throughput_ips: float
+    stable: bool
+    windows: list[float]  # median latency (ms) of each timed window
+    calls: int
+    timed_s: float
+    peak_rss_mb: float
+    rss_before_load_mb: float
+    input_buffers_mb: float
+    floor_ms: float
+    efficiency: float
+    floor_basis: str
+    h2d_ms: float | None = None
+    compute_ms: float | None = None
+    d2h_ms: float | None = None
+    cuda_graph: bool | None = None
+    inference_precision: str | None = None  # what the runtime says it computes in (OpenVINO), if it says
+    note: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} ({self.format}, {self.precision})"
+
+
+@dataclass
+class Skip:
+    backend: str
+    format: str
+    precision: str
+    reason: str
+    batch_size: int | None = None
+
+
+@dataclass
+class BenchmarkReport:
+    export_dir: str
+    created: str
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    settings: dict[str, Any]
+    roofline: dict[str, Any]
+    harness_overhead_us: float
+    memory_method: str
+    method: dict[str, str]
+    results: list[BenchResult] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
+def default_threads() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+
+    from alexnet_deploy.roofline import cpu_flags, last_level_cache_bytes
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    llc = last_level_cache_bytes()
+    return {
+        "cpu": model,
+        "cores_physical": psutil.cpu_count(logical=False),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "isa": [f for f in ISA_FLAGS if f in cpu_flags()],
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "llc_mb": round(llc / 2**20, 1) if llc else None,
+        "gpu": _gpu_name(),
+        "os": platform.platform(),
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine_slug(machine: dict[str, Any]) -> str:
+    """A file-name-safe machine name: the CPU model and core count (and the GPU when there is one)."""
+    import re
+
+    words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*", " ", machine.get("cpu", "cpu").lower())
+    parts = [w for w in re.split(r"[^a-z0-9]+", words) if w][:4]
+    name = "-".join(parts + [f"{machine.get('cores_logical', 0)}c"])
+    if machine.get("gpu"):
+        name += "-" + "-".join(re.split(r"[^a-z0-9]+", machine["gpu"].lower())[-2:]).strip("-")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# What to run
+# ---------------------------------------------------------------------------------------------
+def plan_runs(manifest: Manifest, backends: Sequence[str] | None, device: str | None):
+    """(available choices, skips). Named backends that cannot run at all are a UserError."""
+    from alexnet_deploy.runtimes import get_runner, runners_for
+
+    if not manifest.artifacts:
+        raise UserError(f"the manifest in {manifest.root} lists no artifacts: run "
+                        f"`alexnet-deploy export WEIGHTS --out {manifest.root}` first")
+    choices = [c for c in runners_for(manifest, list(backends) if backends else None)
+               if device is None or get_runner(c.runner).device == device]
+    for name in backends or ():
+        cls = get_runner(name)
+        if reason := cls.unavailable_reason():
+            raise UserError(f"backend {name} cannot run here: {reason}")
+        mine = [c for c in choices if c.runner == name]
+        if not mine:
+            where = f" on {device}" if device and cls.device != device else ""
+            raise UserError(f"backend {name} has nothing to run{where}: {manifest.root} holds no "
+                            f"{'/'.join(cls.formats)} artifact for it (export it, or drop --backends {name})")
+    skips = [Skip(c.runner, c.artifact.format, c.artifact.precision, c.reason)
+             for c in choices if not c.available]
+    runnable = [c for c in choices if c.available]
+    if not runnable:
+        why = "; ".join(f"{s.backend}: {s.reason}" for s in skips) or "no runner accepts its artifacts"
+        raise UserError(f"nothing in {manifest.root} can be benchmarked here"
+                        f"{f' on {device}' if device else ''} ({why})")
+    return runnable, skips
+
+
+def make_inputs(batch: int, shape: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+    one = batch * int(np.prod(shape)) * 4
+    count = max(2, min(INPUT_BUFFERS, INPUT_BUFFER_BUDGET // max(one, 1)))
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, *shape), dtype=np.float32) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _RunContext:
+    manifest: Manifest
+    batch_sizes: list[int]
+    warmup_s: float
+    duration_s: float
+    threads: int
+    roofline: dict[str, Any]
+    cost: Any
+    memory: PeakMemory
+    log: Callable[[str], None]
+
+
+def _bench_runner(ctx: _RunContext, runner_name: str, artifact: Artifact,
+                  results: list[BenchResult], skips: list[Skip]) -> None:
+    """Load once, then every batch size in ascending order; peaks are per runner, cumulative."""
+    from alexnet_deploy.roofline import floor_ms
+    from alexnet_deploy.runtimes import get_runner
+
+    cls = get_runner(runner_name)
+    runner = cls(ctx.manifest, artifact, threads=ctx.threads)
+    lo, hi = artifact.batch.get("min", 1), artifact.batch.get("max", 1)
+    ctx.memory.reset()
+    rss_before = ctx.memory.current_mb()
+    ctx.log(f"{runner.label}: loading")
+    runner.activate()
+    try:
+        for batch in ctx.batch_sizes:
+            if not lo <= batch <= hi:
+                skips.append(Skip(runner_name, artifact.format, artifact.precision,
+                                  f"batch size {batch} is outside the artifact's range {lo}..{hi}", batch))
+                continue
+            inputs = make_inputs(batch, ctx.manifest.card.input.shape)
+            t0 = time.perf_counter()
+            runner.infer(inputs[0])
+            first_ms = (time.perf_counter() - t0) * 1e3
+            timing, cuda = time_runner(runner, inputs, ctx.warmup_s, ctx.duration_s)
+            roof = ctx.roofline.get("cuda", ctx.roofline) if cls.device == "cuda" else ctx.roofline
+            floor, basis = floor_ms(ctx.cost, batch, artifact.precision, roof)
+            stats = timing.stats
+            results.append(BenchResult(
+                backend=runner_name, format=artifact.format, precision=artifact.precision,
+                device=cls.device, batch_size=batch, threads=ctx.threads,
+                load_s=round(runner.load_s or 0.0, 4), first_inference_ms=first_ms, latency_ms=stats,
+                throughput_ips=batch * len(timing.samples_ms) / (sum(timing.samples_ms) / 1e3),
+                stable=timing.stable, windows=[round(w, 4) for w in timing.windows_ms],
+                calls=len(timing.samples_ms), timed_s=round(timing.timed_s, 3),
+                peak_rss_mb=round(ctx.memory.peak_mb(), 1), rss_before_load_mb=round(rss_before, 1),
+                input_buffers_mb=round(sum(x.nbytes for x in inputs) / 2**20, 1),
+                floor_ms=floor, efficiency=floor / stats.p50, floor_basis=basis,
+                inference_precision=reported_precision(runner), **cuda))
+            r = results[-1]
+            ctx.log(f"{r.label} batch {batch}: p50 {stats.p50:.3f} ms, p99 {stats.p99:.3f} ms, "
+                    f"{r.throughput_ips:.1f} img/s{'' if r.stable else ' (unstable)'}")
+    finally:
+        runner.deactivate()
+
+
+def time_runner(runner, inputs: list[np.ndarray], warmup_s: float, duration_s: float
+                ) -> tuple[Timing, dict[str, Any]]:
+    """One active runner at one batch size: the timing and, on CUDA, the per-phase medians
+    (runners that take CUDA tensors through `infer_cuda` are timed with CUDA events)."""
+    if runner.device == "cuda" and hasattr(runner, "infer_cuda"):
+        call = CudaTimedCall(runner, inputs)
+        timing = time_calls(call, call.host, warmup_s, duration_s)
+        extra = {**call.phase_medians(len(timing.samples_ms)), "cuda_graph": call.graph is not None}
+        if call.graph_error:
+            extra["note"] = f"CUDA graph capture failed, plain calls timed ({call.graph_error})"
+        return timing, extra
+    timing = time_calls(runner.infer, inputs, warmup_s, duration_s)
+    extra = {}
+    if runner.device == "cuda":
+        extra = {"cuda_graph": False, "note": "runner takes host arrays only: latency includes "
+                                              "transfers, phases not split"}
+    return timing, extra
+
+
+def reported_precision(runner) -> str | None:
+    """The precision the runtime says it computes in (OpenVINO's runner reports it), else None."""
+    value = getattr(runner, "effective_precision", None)
+    return None if value is None else precision_name(str(value))
+
+
+def precision_name(text: str) -> str:
+    """'float32' from OpenVINO's "<Type: 'float32'>"; other text unchanged."""
+    import re
+
+    quoted = re.search(r"'(\w+)'", text)
+    return quoted.group(1) if quoted else text
+
+
+def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = None,
+              batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup_s: float = 1.0,
+              duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
+              log: Callable[[str], None] = lambda msg: None) -> BenchmarkReport:
+    """Time every available runner on every batch size; see METHOD and roofline.FORMULA."""
+    import torch
+
+    from alexnet_deploy import roofline
+    from alexnet_deploy.utils import library_versions
+
+    if any(b < 1 for b in batch_sizes):
+        raise UserError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    if threads is not None and threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    manifest = Manifest.read(export_dir)
+    plan, skips = plan_runs(manifest, backends, device)
+    threads = threads or default_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # torch-based runners run in this process
+    try:
+        machine = machine_info()  # before anything of ours loads the machine
+        log(f"measuring the roofline with {threads} threads")
+        card = manifest.card
+        cost = roofline.model_cost(card.arch, card.num_classes, card.input.crop)
+        weights = roofline.weight_bytes(cost, [c.artifact.precision for c in plan])
+        ctx = _RunContext(
+            manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
+            duration_s=duration_s, threads=threads, cost=cost, memory=PeakMemory(), log=log,
+            roofline=roofline.measure(threads, any(_is_cuda(c.runner) for c in plan), weights))
+        report = BenchmarkReport(
+            export_dir=str(manifest.root), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            machine=machine, versions=library_versions(),
+            settings={"batch_sizes": ctx.batch_sizes, "warmup_s": warmup_s, "duration_s": duration_s,
+                      "threads": threads, "device": device, "backends": list(backends or [])},
+            roofline={**ctx.roofline, "model_macs": ctx.cost.macs, "model_params": ctx.cost.params,
+                      "model_input": card.input.crop},
+            harness_overhead_us=harness_overhead_us(), memory_method=ctx.memory.method,
+            method=METHOD, skipped=skips)
+        for choice in plan:
+            try:
+                _bench_runner(ctx, choice.runner, choice.artifact, report.results, report.skipped)
+            except Exception as e:  # a runtime failing mid-run is reported; the others still run
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                reason = f"failed: {type(e).__name__}: {first}"
+                log(f"{choice.runner} [{choice.artifact.precision}]: {reason}")
+                report.skipped.append(Skip(choice.runner, choice.artifact.format,
+                                           choice.artifact.precision, reason))
+    finally:
+        torch.set_num_threads(previous_threads)
+    if not report.results:
+        why = "; ".join(f"{s.backend}: {s.reason}" for s in report.skipped)
+        raise UserError(f"no backend produced a result ({why})")
+    report.machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
+        else None
+    return report
+
+
+def _is_cuda(runner_name: str) -> bool:
+    from alexnet_deploy.runtimes import get_runner
+
+    return get_runner(runner_name).device == "cuda"

@@ -1,0 +1,150 @@
+"""The benchmark report as a rich table, Markdown and PNG plots (the JSON is the dataclasses)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from alexnet_deploy.bench.harness import BenchmarkReport, BenchResult
+from alexnet_deploy.report import markdown_table
+
+HEADERS = ("backend", "format", "precision", "batch", "p50 ms", "p99 ms", "img/s", "stable", "load s",
+           "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
+
+
+def _row(r: BenchResult) -> list:
+    own = r.peak_rss_mb - r.rss_before_load_mb
+    return [r.backend, r.format, r.precision, r.batch_size, f"{r.latency_ms.p50:.3f}", f"{r.latency_ms.p99:.3f}",
+            f"{r.throughput_ips:.1f}", "yes" if r.stable else "NO", f"{r.load_s:.2f}",
+            f"{r.first_inference_ms:.1f}", f"{r.peak_rss_mb:.0f} (+{own:.0f})", f"{r.floor_ms:.3f}",
+            f"{r.efficiency:.1%}"]
+
+
+def print_table(report: BenchmarkReport) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"benchmark: {report.machine['cpu']}, {report.settings['threads']} threads")
+    for h in HEADERS:
+        table.add_column(h, justify="left" if h in ("backend", "format", "precision") else "right")
+    for r in report.results:
+        table.add_row(*(escape(str(v)) for v in _row(r)))
+    # a pipe or a log file gets the full table instead of 80 columns of ellipses
+    console = Console(width=None if sys.stdout.isatty() else 180)
+    console.print(table)
+    for s in report.skipped:
+        batch = f" batch {s.batch_size}" if s.batch_size else ""
+        console.print(f"[yellow]skipped[/] {escape(f'{s.backend} ({s.format}, {s.precision}){batch}: {s.reason}')}",
+                      highlight=False)
+
+
+def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> str:
+    m, roof, s = report.machine, report.roofline, report.settings
+    isa = ", ".join(m.get("isa") or []) or "none detected"
+    lines = [
+        "# Benchmark report", "",
+        f"- Export: `{report.export_dir}`; created {report.created}",
+        f"- Machine: {m['cpu']}, {m['cores_physical']} physical / {m['cores_logical']} logical cores, "
+        f"{m['memory_gb']} GB RAM, ISA: {isa}; GPU: {m.get('gpu') or 'none'}",
+        f"- Load average at start / end: {m.get('load_avg_start')} / {m.get('load_avg_end')}",
+        f"- Threads: {s['threads']}; batch sizes {s['batch_sizes']}; warm-up {s['warmup_s']} s; "
+        f"timed cap {s['duration_s']} s per runner and batch size",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
+        f"- Harness overhead: {report.harness_overhead_us:.2f} µs per call (not subtracted)",
+        f"- Peak memory: {report.memory_method}; it includes the process's baseline and the input "
+        "buffers (both in the JSON)", "",
+    ]
+    lines += [*(f"> {n}" for n in report.notes), ""] if report.notes else []
+    lines += ["## Roofline (measured in this run)", "",
+              markdown_table(["measure", "value"], _roofline_rows(roof)),
+              f"Floor and efficiency: {roof['formula']}. Model: {roof['model_macs'] / 1e9:.3f} G "
+              f"multiply-adds and {roof['model_params'] / 1e6:.2f} M parameters per "
+              f"{roof['model_input']} px image. {roof.get('int8_note', '')}", "",
+              "## Results", "", markdown_table(HEADERS, [_row(r) for r in report.results])]
+    cuda = [r for r in report.results if r.compute_ms is not None]
+    if cuda:
+        lines += ["## CUDA phases (median ms, CUDA events)", "", markdown_table(
+            ["backend", "format", "precision", "batch", "h2d", "compute", "d2h", "CUDA graph"],
+            [[r.backend, r.format, r.precision, r.batch_size, f"{r.h2d_ms:.3f}", f"{r.compute_ms:.3f}",
+              f"{r.d2h_ms:.3f}", r.cuda_graph] for r in cuda])]
+    if report.skipped:
+        lines += ["## Skipped", "", markdown_table(
+            ["backend", "format", "precision", "batch", "reason"],
+            [[k.backend, k.format, k.precision, k.batch_size or "all", k.reason] for k in report.skipped])]
+    lines += ["## Method", "", *(f"- {k}: {v}" for k, v in report.method.items()), ""]
+    if plot_name:
+        lines += [f"![latency and throughput]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def _roofline_rows(roof: dict) -> list[list[str]]:
+    units = {"gflops": "GFLOP/s", "gops": "GOP/s", "read_gbps": "GB/s"}
+    rows = []
+    for scope, values in (("cpu", roof), ("cuda", roof.get("cuda") or {})):
+        for k, v in values.items():
+            unit = next((u for p, u in units.items() if k.startswith(p)), None)
+            if unit and isinstance(v, (int, float)):
+                rows.append([f"{scope} {k}", f"{v:,.1f} {unit}"])
+            elif unit and isinstance(v, dict):  # read rate over each precision's weight bytes
+                rows += [[f"{scope} {k} ({p})", f"{x:,.1f} {unit}"] for p, x in v.items()]
+    return rows
+
+
+def plot(report: BenchmarkReport, path: str | os.PathLike) -> Path:
+    """Two panels: p50 (solid) and p99 (dashed) latency, and throughput, against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    from alexnet_deploy.utils import atomic_path
+
+    series: dict[str, list[BenchResult]] = defaultdict(list)
+    for r in report.results:
+        series[r.label].append(r)
+    fig, (lat, tput) = plt.subplots(1, 2, figsize=(13, 5))
+    for i, (label, rs) in enumerate(sorted(series.items())):
+        rs.sort(key=lambda r: r.batch_size)
+        b = [r.batch_size for r in rs]
+        color = f"C{i % 10}"  # more than ten series: markers differ instead
+        marker = "osD^v"[i // 10 % 5]
+        lat.plot(b, [r.latency_ms.p50 for r in rs], marker + "-", color=color, label=f"{label} p50")
+        lat.plot(b, [r.latency_ms.p99 for r in rs], "x--", color=color, label=f"{label} p99")
+        tput.plot(b, [r.throughput_ips for r in rs], marker + "-", color=color, label=label)
+    lat.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency (ms)",
+            title="latency: p50 solid, p99 dashed")
+    tput.set(xscale="log", xlabel="batch size", ylabel="images / s", title="throughput")
+    batches = sorted({r.batch_size for r in report.results})
+    for ax in (lat, tput):
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(True, which="both", alpha=0.3)
+    # plain numbers on the log latency axis: every decade, and 2x / 5x within it
+    lat.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    lat.yaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    tput.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{report.machine['cpu']} — {report.settings['threads']} threads", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: BenchmarkReport, json_path: str | os.PathLike,
+                  plot_path: str | os.PathLike | None = None) -> tuple[Path, Path, Path]:
+    """JSON, Markdown beside it, PNG (default beside it too); returns the three paths."""
+    from alexnet_deploy.report import write_report
+
+    json_path = Path(json_path)
+    plot_path = Path(plot_path) if plot_path else json_path.with_suffix(".png")
+    plot(report, plot_path)
+    rel = os.path.relpath(plot_path, json_path.parent)
+    j, md = write_report(json_path, report.to_dict(), render_markdown(report, rel))
+    return j, md, plot_path

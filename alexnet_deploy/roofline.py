@@ -1,0 +1,242 @@
+"""The machine's limits and the model's cost: what a perfect implementation could not beat.
+
+Measured in the same run as the benchmark (peak matmul rates, memory read bandwidth) and computed
+from the network itself (multiply-adds and weight bytes per layer group at the artifact's input size).
+
+    floor_ms = sum over layer groups g (convolutions, fully connected) of
+               max(2 * MACs_g * batch / peak_ops[precision],  weight_bytes_g / read_bandwidth)
+    efficiency = floor_ms / measured p50
+
+The convolutions are compute-bound and the fully connected layers memory-bound at small batches,
+which is why the two terms are taken per group rather than for the whole network. The weights are
+re-read on every call, so their read rate is measured on an array of their size: from memory when
+they exceed the last-level cache, from the cache when they fit (a DRAM rate would then give a
+"floor" the runtime beats). `read_gbps` itself is over an array twice the last-level cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMULA = ("floor_ms = sum over layer groups (conv, fc) of max(2*MACs*batch / the fastest measured "
+           "matmul rate that may compute the artifact's precision (fp32: fp32 or TF32; fp16: fp16 or "
+           "fp32), weight bytes at that precision / read bandwidth over an array the size of all the "
+           "model's weights); efficiency = floor_ms / p50")
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+# The rates that may bound each precision's arithmetic; the floor takes the fastest one measured,
+# so it stays a lower bound: fp32 on CUDA may run as TF32 (cuDNN's and TensorRT's default for
+# convolutions), an fp16 graph on a CPU may be computed in fp32. fp32 is the last resort.
+PEAK_KEYS = {"fp32": ("gflops_fp32", "gflops_tf32"), "fp16": ("gflops_fp16", "gflops_fp32"),
+             "bf16": ("gflops_bf16",), "int8": ("gops_int8",)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model's cost
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LayerGroup:
+    macs: int = 0  # multiply-adds per image
+    params: int = 0
+
+
+@dataclass
+class ModelCost:
+    groups: dict[str, LayerGroup] = field(default_factory=dict)
+
+    @property
+    def macs(self) -> int:
+        return sum(g.macs for g in self.groups.values())
+
+    @property
+    def params(self) -> int:
+        return sum(g.params for g in self.groups.values())
+
+
+def model_cost(arch: str, num_classes: int, image_size: int) -> ModelCost:
+    """Count conv/linear multiply-adds and parameters with hooks on a meta-device model (no memory)."""
+    import torch
+    from torch import nn
+
+    from alexnet_deploy.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch, num_classes).eval()
+    cost = ModelCost({"conv": LayerGroup(), "fc": LayerGroup()})
+
+    def hook(module, inputs, output):
+        group = cost.groups["conv" if isinstance(module, nn.Conv2d) else "fc"]
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            per_output = module.in_channels // module.groups * kh * kw
+            group.macs += output[0].numel() * per_output
+        else:
+            group.macs += module.in_features * module.out_features
+        group.params += sum(p.numel() for p in module.parameters())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    for h in handles:
+        h.remove()
+    return cost
+
+
+def floor_ms(cost: ModelCost, batch: int, precision: str, roofline: dict) -> tuple[float, str]:
+    """The floor time and a one-line statement of what it was computed from."""
+    measured = [k for k in PEAK_KEYS.get(precision, ()) if roofline.get(k)] or ["gflops_fp32"]
+    key = max(measured, key=lambda k: roofline[k])
+    peak = roofline[key] * 1e9
+    bandwidth_gbps = roofline.get("read_gbps_weights", {}).get(precision, roofline["read_gbps"])
+    bandwidth = bandwidth_gbps * 1e9
+    width = BYTES_PER_WEIGHT.get(precision, 4)
+    total, bounds = 0.0, []
+    for name, g in cost.groups.items():
+        compute = 2 * g.macs * batch / peak
+        memory = g.params * width / bandwidth
+        total += max(compute, memory)
+        bounds.append(f"{name} {'compute' if compute >= memory else 'memory'}-bound")
+    basis = f"{key}={roofline[key]:.0f}, weights read at {bandwidth_gbps:.1f} GB/s; {', '.join(bounds)}"
+    return total * 1e3, basis
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine's limits
+# ---------------------------------------------------------------------------------------------
+def _best_seconds(fn: Callable[[], object], reps: int, sync: Callable[[], None] = lambda: None) -> float:
+    fn()  # warm-up: first-touch allocation, kernel selection
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _matmul_rate(dtype, n: int, device: str, reps: int, sync) -> float | None:
+    """Best-of-reps ops/s of an n x n matmul in `dtype` (GFLOP/s, or GOP/s for int8); None if unsupported."""
+    import torch
+
+    try:
+        if dtype == torch.int8:
+            a = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=device)
+            b = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=device)
+            op = torch._int_mm  # int8 x int8 -> int32; the only int8 GEMM torch exposes
+        else:
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
+            op = torch.mm
+        seconds = _best_seconds(lambda: op(a, b), reps, sync)
+    except (RuntimeError, NotImplementedError):
+        return None
+    return 2 * n**3 / seconds / 1e9
+
+
+def _read_gbps(nbytes: int, device: str, reps: int, sync) -> float:
+    """Best read rate over a float32 array of `nbytes`: a sum, and a matrix-vector product (the
+    access pattern of the fully connected layers at batch 1), whichever the machine streams faster."""
+    import torch
+
+    cols = 4096
+    x = torch.ones(max(nbytes // 4 // cols, 1), cols, dtype=torch.float32, device=device)
+    v = torch.ones(cols, dtype=torch.float32, device=device)
+    seconds = min(_best_seconds(lambda: x.sum(), reps, sync),
+                  _best_seconds(lambda: torch.mv(x, v), reps, sync))
+    return x.numel() * 4 / seconds / 1e9
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def last_level_cache_bytes() -> int | None:
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    sizes = []
+    for idx in sorted(base.glob("index*")):
+        try:
+            text = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * mult)
+    return max(sizes) if sizes else None
+
+
+def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:
+    """Peak matmul rates (fp32, fp16, bf16 where the CPU has it, int8) and read bandwidths: over
+    twice the last-level cache, and over each precision's `weight_bytes`."""
+    import psutil
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = 2048 if threads <= 4 else 4096
+        out = {"device": "cpu", "threads": threads, "matmul_n": n}
+        out["gflops_fp32"] = _matmul_rate(torch.float32, n, "cpu", 3, lambda: None)
+        out["gflops_fp16"] = _matmul_rate(torch.float16, n, "cpu", 1, lambda: None)  # slow on most CPUs
+        flags = cpu_flags()
+        if flags & {"avx512_bf16", "amx_bf16"}:
+            out["gflops_bf16"] = _matmul_rate(torch.bfloat16, n, "cpu", 3, lambda: None)
+        out["gops_int8"] = _matmul_rate(torch.int8, n, "cpu", 3, lambda: None)
+        # Larger than the last-level cache so the sum streams from memory, within free RAM.
+        llc = last_level_cache_bytes() or (64 << 20)
+        nbytes = int(min(max(2 * llc, 512 << 20), 2 << 30, psutil.virtual_memory().available // 4))
+        out["read_bytes"] = nbytes
+        out["read_gbps"] = _read_gbps(nbytes, "cpu", 3, lambda: None)
+        out["read_gbps_weights"] = {p: _read_gbps(b, "cpu", 5, lambda: None) for p, b in weight_bytes.items()}
+    finally:
+        torch.set_num_threads(previous)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def measure_cuda(weight_bytes: dict[str, int]) -> dict:
+    """The same on the current CUDA device, plus the TF32 rate (fp32 matmuls with TF32 allowed)."""
+    import torch
+
+    sync = torch.cuda.synchronize
+    n = 8192
+    out = {"device": "cuda", "gpu": torch.cuda.get_device_name(), "matmul_n": n}
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for key, dtype, allow_tf32 in (("gflops_fp32", torch.float32, False),
+                                       ("gflops_tf32", torch.float32, True),
+                                       ("gflops_fp16", torch.float16, False),
+                                       ("gflops_bf16", torch.bfloat16, False),
+                                       ("gops_int8", torch.int8, False)):
+            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+            out[key] = _matmul_rate(dtype, n, "cuda", 5, sync)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    out["read_bytes"] = 2 << 30
+    out["read_gbps"] = _read_gbps(2 << 30, "cuda", 5, sync)
+    out["read_gbps_weights"] = {p: _read_gbps(b, "cuda", 10, sync) for p, b in weight_bytes.items()}
+    torch.cuda.empty_cache()
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def weight_bytes(cost: ModelCost, precisions) -> dict[str, int]:
+    return {p: cost.params * BYTES_PER_WEIGHT.get(p, 4) for p in sorted(set(precisions))}
+
+
+def measure(threads: int, cuda: bool, weight_bytes: dict[str, int]) -> dict:
+    """The roofline of the run: the CPU's figures at the top level, the GPU's under "cuda"."""
+    roofline = measure_cpu(threads, weight_bytes)
+    roofline["int8_note"] = ("int8 rate from torch._int_mm" if "gops_int8" in roofline
+                             else "int8 rate not measurable here (torch._int_mm unsupported); int8 "
+                                  "floors use the fp32 rate")
+    if cuda:
+        roofline["cuda"] = measure_cuda(weight_bytes)
+    roofline["formula"] = FORMULA
+    return roofline

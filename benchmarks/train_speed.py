@@ -1,0 +1,142 @@
+"""Training images/s at 224 px on this machine's CPU: the plain fp32 loop against the fast path.
+
+Variants, measured side by side in one process with the same model, batch and threads:
+  fp32                      eager, contiguous NCHW, float32 (the baseline)
+  channels_last             eager, NHWC memory format (oneDNN's preferred layout)
+  channels_last+bf16        + torch.autocast("cpu", bfloat16), only where the CPU has avx512_bf16/amx
+  channels_last+bf16+compile + torch.compile (inductor)
+
+Synthetic inputs: this measures the training step (forward, backward, optimizer), not JPEG decoding.
+
+    .venv/bin/python benchmarks/train_speed.py [--batch-size 32] [--steps 6] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet_deploy.model import build_model
+from alexnet_deploy.report import markdown_table, write_report
+from alexnet_deploy.training import TrainConfig, make_optimizer
+from alexnet_deploy.utils import library_versions
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def measure(name: str, *, channels_last: bool, bf16: bool, compile: bool, batch: int, size: int,
+            warmup: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model("alexnet", 1000)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    cfg = TrainConfig(data="-", out="-", optimizer="sgd")
+    optimizer = make_optimizer(cfg, model)
+    step_model = torch.compile(model) if compile else model
+    criterion = nn.CrossEntropyLoss()
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = criterion(step_model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    t0 = time.perf_counter()
+    step()  # includes compilation for the compiled variant
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    row = {"variant": name, "channels_last": channels_last, "bf16_autocast": bf16, "compile": compile,
+           "batch_size": batch, "image_size": size, "first_step_s": round(first_s, 3),
+           "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
+           "step_s_max": round(max(times), 4), "images_per_s": round(batch / med, 2), "steps": steps}
+    print(f"{name:28s} {row['images_per_s']:8.2f} img/s  (median step {med:.3f} s, first {first_s:.1f} s)",
+          flush=True)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads [default: torch's]")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    flags = cpu_flags()
+    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    variants = [("fp32", False, False, False), ("channels_last", True, False, False)]
+    if has_bf16:
+        variants += [("channels_last+bf16", True, True, False), ("channels_last+bf16+compile", True, True, True)]
+    else:
+        variants += [("channels_last+compile", True, False, True)]
+
+    machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+               "mkldnn": torch.backends.mkldnn.is_available(), "platform": platform.platform(),
+               "load_average_at_start": list(os.getloadavg())}
+    print(f"{machine['cpu']} | {machine['logical_cpus']} CPUs | {machine['torch_threads']} threads | "
+          f"batch {args.batch_size} at {args.image_size} px", flush=True)
+    t0 = time.perf_counter()
+    rows = [measure(name, channels_last=cl, bf16=bf, compile=co, batch=args.batch_size, size=args.image_size,
+                    warmup=args.warmup, steps=args.steps) for name, cl, bf, co in variants]
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["speedup_vs_fp32"] = round(r["images_per_s"] / base, 3)
+    machine["load_average_at_end"] = list(os.getloadavg())
+    report = {"benchmark": "train_speed", "machine": machine, "versions": library_versions(),
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": round(time.perf_counter() - t0, 1),
+              "results": rows}
+    md = (f"# Training speed, AlexNet at {args.image_size} px, batch {args.batch_size}\n\n"
+          f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch threads, "
+          f"avx512_bf16: {machine['avx512_bf16']}; torch {report['versions'].get('torch')}. "
+          f"Load average at start/end: {machine['load_average_at_start'][0]:.2f} / "
+          f"{machine['load_average_at_end'][0]:.2f} (other jobs shared the CPU when above 0).\n\n"
+          + markdown_table(["variant", "images/s", "speed-up", "median step s", "first step s"],
+                           [[r["variant"], r["images_per_s"], r["speedup_vs_fp32"], r["step_s_median"],
+                             r["first_step_s"]] for r in rows]))
+    json_path, md_path = write_report(args.out / "train_speed_cpu.json", report, md)
+    print(f"written {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The benchmark harness: the timing core on synthetic callables with a scripted clock, the roofline,
+and the real command on an export folder."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+from conftest import assert_user_error, run_cli
+
+from alexnet_deploy.bench.timing import (
+    LatencyStats,
+    PeakMemory,
+    harness_overhead_us,
+    time_calls,
+    windows_agree,
+)
+from alexnet_deploy.roofline import floor_ms, model_cost
+
+LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "max"}
+RESULT_KEYS = {"backend", "format", "precision", "batch_size", "threads", "load_s", "first_inference_ms",
+               "latency_ms", "throughput_ips", "stable", "windows", "peak_rss_mb", "floor_ms", "efficiency"}
+
+
+class ScriptedClock:
+    """A clock that only moves when the timed callable says how long it took (exact binary fractions)."""
+
+    def __init__(self, durations) -> None:
+        self.now = 0.0
+        self.durations = iter(durations)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call(self, _input) -> None:
+        self.now += next(self.durations)
+
+
+def _ordered(stats: LatencyStats) -> bool:
+    return stats.min <= stats.p50 <= stats.p90 <= stats.p95 <= stats.p99 <= stats.max
+
+
+# -- timing core ---------------------------------------------------------------------------------
+def test_percentiles_are_over_all_samples_and_ordered():
+    stats = LatencyStats.of(np.arange(1, 101, dtype=float))
+    assert (stats.min, stats.max, stats.mean) == (1.0, 100.0, 50.5)
+    assert stats.p50 == pytest.approx(50.5)
+    assert _ordered(stats)
+
+
+@pytest.mark.parametrize("medians, agree", [
+    ([10.0, 10.5, 10.9], True),
+    ([50.0, 20.0, 10.0, 10.2, 10.1], True),  # only the last three count
+    ([10.0, 11.5, 10.0], False),             # 15% apart
+    ([10.0, 10.0], False),                   # fewer than three windows
+])
+def test_stability_rule(medians, agree):
+    assert windows_agree(medians) is agree
+
+
+def test_constant_calls_stop_after_three_agreeing_windows():
+    clock = ScriptedClock(itertools.repeat(1 / 64))
+    timing = time_calls(clock.call, [0, 1], warmup_s=0.25, duration_s=10, window_s=1 / 8, clock=clock)
+    assert timing.stable
+    assert len(timing.windows_ms) == 3
+    assert len(timing.samples_ms) == 3 * 8  # warm-up calls are not timed
+    assert set(timing.samples_ms) == {1000 / 64}
+
+
+def test_drifting_calls_keep_timing_until_windows_settle():
+    slow, fast = [1 / 32] * 4, [1 / 64] * 8  # one window each
+    clock = ScriptedClock(itertools.chain(slow, fast, slow, itertools.repeat(1 / 64)))
+    timing = time_calls(clock.call, [0], warmup_s=0, duration_s=10, window_s=1 / 8, clock=clock)
+    assert timing.stable
+    assert timing.windows_ms == [31.25, 15.625, 31.25, 15.625, 15.625, 15.625]
+    assert timing.stats.max == 31.25 and timing.stats.min == 15.625  # early windows still count
+
+
+def test_unsettled_calls_stop_at_the_cap_flagged_unstable():
+    clock = ScriptedClock(itertools.cycle([1 / 32] * 4 + [1 / 64] * 8))
+    timing = time_calls(clock.call, [0], warmup_s=0, duration_s=1.0, window_s=1 / 8, clock=clock)
+    assert not timing.stable
+    assert len(timing.windows_ms) == 8 and timing.timed_s == 1.0
+
+
+def test_slow_calls_still_get_three_per_window():
+    clock = ScriptedClock(itertools.repeat(0.5))
+    timing = time_calls(clock.call, [0], warmup_s=0, duration_s=10, window_s=0.1, clock=clock)
+    assert len(timing.samples_ms) == 9 and timing.stable
+
+
+def test_inputs_are_rotated():
+    seen = []
+    time_calls(seen.append, ["a", "b", "c"], warmup_s=0, duration_s=0.01, window_s=0.001)
+    assert seen[:6] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_real_sleep_is_never_under_reported():
+    timing = time_calls(lambda _: time.sleep(0.002), [None], warmup_s=0.01, duration_s=0.2, window_s=0.02)
+    assert timing.stats.min >= 2.0  # sleep never returns early
+    assert _ordered(timing.stats)
+    assert len(timing.samples_ms) >= 9
+
+
+def test_harness_overhead_is_measured():
+    overhead = harness_overhead_us(duration_s=0.05)
+    assert 0 < overhead < 1e4
+
+
+def test_peak_memory_is_per_runner():
+    memory = PeakMemory()
+    if not memory.method.startswith("VmHWM"):
+        pytest.skip("the OS does not allow resetting the peak RSS (/proc/self/clear_refs)")
+    memory.reset()
+    base = memory.peak_mb()
+    block = np.ones(50_000_000, dtype=np.float32)  # 190 MiB, touched
+    del block
+    assert memory.peak_mb() >= base + 150
+    memory.reset()
+    assert memory.peak_mb() < base + 100
+
+
+# -- roofline ---------------------------------------------------------------------------------------
+def test_model_cost_matches_alexnet_published_figures():
+    cost = model_cost("alexnet", 1000, 224)
+    assert cost.macs == pytest.approx(0.714e9, rel=0.01)
+    assert cost.params == 61_100_840
+    assert cost.groups["conv"].macs > 10 * cost.groups["fc"].macs
+    assert model_cost("alexnet", 1000, 112).groups["conv"].macs < cost.groups["conv"].macs / 3
+
+
+def test_floor_grows_with_batch_and_shrinks_with_precision():
+    cost = model_cost("alexnet", 1000, 224)
+    roof = {"gflops_fp32": 100.0, "gops_int8": 400.0, "read_gbps": 10.0}  # no per-size rates: DRAM rate
+    f1, basis = floor_ms(cost, 1, "fp32", roof)
+    f64, _ = floor_ms(cost, 64, "fp32", roof)
+    assert 0 < f1 < f64
+    assert "fc memory-bound" in basis and "conv compute-bound" in basis
+    assert floor_ms(cost, 1, "int8", roof)[0] < f1
+    assert floor_ms(cost, 1, "fp16", roof)[0] <= f1  # no fp16 rate: fp32 rate, half the bytes
+
+
+# -- the command on a real export ------------------------------------------------------------------
+def _onnxruntime_or_skip():
+    from alexnet_deploy.runtimes.onnxruntime_runner import ort_cpu_unavailable_reason
+
+    if reason := ort_cpu_unavailable_reason():
+        pytest.skip(reason)
+
+
+@pytest.mark.slow
+def test_benchmark_command_writes_json_markdown_and_plot(exported_dir, tmp_path):
+    _onnxruntime_or_skip()
+    max_batch = json.loads((exported_dir / "manifest.json").read_text())["artifacts"][0]["batch"]["max"]
+    report = tmp_path / "reports" / "bench.json"
+    proc = run_cli("benchmark", exported_dir, "--backends", "onnxruntime-cpu,torch-eager",
+                   "--batch-sizes", f"1,2,{max_batch + 1}", "--warmup-s", "0", "--duration-s", "0.1",
+                   "--threads", "1", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "p50 ms" in proc.stdout  # the table
+
+    data = json.loads(report.read_text())
+    assert {"machine", "versions", "roofline", "harness_overhead_us", "results", "skipped"} <= data.keys()
+    assert data["machine"]["cores_logical"] >= 1 and data["machine"]["cpu"]
+    assert data["roofline"]["gflops_fp32"] > 0 and data["roofline"]["read_gbps"] > 0
+    assert data["harness_overhead_us"] > 0
+    ran = {(r["backend"], r["precision"], r["batch_size"]) for r in data["results"]}
+    assert {("torch-eager", "fp32", 1), ("torch-eager", "fp32", 2), ("onnxruntime-cpu", "fp32", 1)} <= ran
+    for r in data["results"]:
+        assert RESULT_KEYS <= r.keys()
+        lat = r["latency_ms"]
+        assert LATENCY_KEYS == lat.keys()
+        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert r["threads"] == 1 and r["throughput_ips"] > 0 and r["load_s"] >= 0
+        assert r["floor_ms"] > 0 and r["efficiency"] == pytest.approx(r["floor_ms"] / lat["p50"])
+        assert r["peak_rss_mb"] >= r["rss_before_load_mb"] > 0
+        assert len(r["windows"]) >= 1
+    too_big = [s for s in data["skipped"] if s["batch_size"] == max_batch + 1]
+    assert too_big and all("outside" in s["reason"] for s in too_big)
+
+    markdown = report.with_suffix(".md").read_text()
+    assert "| onnxruntime-cpu |" in markdown and "floor_ms" in markdown
+    assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unavailable_backends_are_skipped_with_their_reason(exported_dir):
+    from alexnet_deploy.bench.harness import plan_runs
+    from alexnet_deploy.manifest import Manifest
+    from alexnet_deploy.runtimes import RUNNERS
+
+    runnable, skips = plan_runs(Manifest.read(exported_dir), None, None)
+    assert runnable
+    assert all(RUNNERS[c.runner].unavailable_reason() is None for c in runnable)
+    assert all(s.reason for s in skips)
+    unavailable = {n for n, cls in RUNNERS.items() if cls.unavailable_reason()}
+    assert {s.backend for s in skips} <= unavailable
+
+
+def _empty_export(tmp_path, exported_dir):
+    manifest = json.loads((exported_dir / "manifest.json").read_text())
+    manifest["artifacts"] = []
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needle", [
+    (["--backends", "no-such-runtime"], "unknown backend"),
+    (["--batch-sizes", "1,0"], ">= 1"),
+])
+def test_bad_options_exit_2_without_traceback(args, needle, exported_dir):
+    assert_user_error(run_cli("benchmark", exported_dir, *args), needle)
+
+
+@pytest.mark.slow
+def test_missing_export_is_one_line(tmp_path):
+    proc = run_cli("benchmark", tmp_path / "nothing-here")
+    assert_user_error(proc, "no manifest.json")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_manifest_without_artifacts_is_a_user_error(exported_dir, tmp_path):
+    from alexnet_deploy.bench import benchmark
+    from alexnet_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="lists no artifacts"):
+        benchmark(_empty_export(tmp_path, exported_dir))
+
+
+def test_named_backend_that_cannot_run_here_is_a_user_error(exported_dir):
+    from alexnet_deploy.bench import benchmark
+    from alexnet_deploy.errors import UserError
+    from alexnet_deploy.runtimes import RUNNERS
+
+    blocked = next((n for n, cls in RUNNERS.items() if cls.unavailable_reason()), None)
+    if blocked is None:
+        pytest.skip("every registered backend can run on this machine")
+    with pytest.raises(UserError, match=f"backend {blocked} cannot run here: "):
+        benchmark(exported_dir, backends=[blocked])
