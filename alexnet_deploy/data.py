@@ -28,8 +28,12 @@ SPLITS = ("train", "val", "test")
 # ---------------------------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------------------------
-def train_transform(size: int, mean, std, color_jitter: float = 0.0) -> v2.Compose:
-    ops = [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+def train_transform(size: int, mean, std, color_jitter: float = 0.0, min_scale: float = 0.08
+                    ) -> v2.Compose:
+    """RandomResizedCrop + flip (+ jitter). `min_scale` is the smallest crop area kept; torchvision's
+    0.08 suits ImageNet, small objects (the demo's shapes) need larger crops to stay in view."""
+    ops = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
+           v2.RandomHorizontalFlip()]
     if color_jitter > 0:
         ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
@@ -117,6 +121,45 @@ def image_folder(path: str | os.PathLike, transform=None, classes: list[str] | N
                         f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})")
     return datasets.ImageFolder(str(path), transform=transform, loader=load_image,
                                 is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def training_splits(root: str | os.PathLike) -> tuple[Path, Path, Path | None]:
+    """train/, val/ and the optional test/ of a split root, with their class lists checked equal.
+
+    The trainer needs all three roles kept apart, so a bare folder of class folders is refused.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise UserError(f"{root} has no {split}/ folder; training needs {root}/train/<class>/<images> "
+                            f"and {root}/val/<class>/<images> (try `alexnet-deploy data demo --out DIR`)")
+    test = root / "test" if (root / "test").is_dir() else None
+    classes = check_class_folders(root / "train")
+    for split in (root / "val", test):
+        if split is not None:
+            found = check_class_folders(split)
+            if found != classes:
+                missing = sorted(set(classes) - set(found))
+                extra = sorted(set(found) - set(classes))
+                raise UserError(f"{split} has different classes than {root / 'train'} "
+                                f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})")
+    return root / "train", root / "val", test
+
+
+def worker_error_message(e: UserError) -> str:
+    """The one-line message of a UserError raised inside a DataLoader worker.
+
+    The DataLoader re-raises worker exceptions as the same type with the worker's whole traceback
+    as the message; users should see only the original line.
+    """
+    text = str(e)
+    if not text.startswith("Caught "):
+        return text
+    marker = f"{UserError.__module__}.{UserError.__name__}: "
+    lines = [ln for ln in text.splitlines() if ln.startswith(marker)]
+    return lines[-1][len(marker):] if lines else text.splitlines()[-1]
 
 
 @dataclass

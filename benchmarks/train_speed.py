@@ -130,7 +130,7 @@ def main() -> None:
           f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch threads, "
           f"avx512_bf16: {machine['avx512_bf16']}; torch {report['versions'].get('torch')}. "
           f"Load average at start/end: {machine['load_average_at_start'][0]:.2f} / "
-          f"{machine['load_average_at_end'][0]:.2f} (other jobs shared the CPU when above 0).\n\n"
+          f"{machine['load_average_at_end'][0]:.2f} (this benchmark alone accounts for about 2; more means other jobs shared the CPU).\n\n"
           + markdown_table(["variant", "images/s", "speed-up", "median step s", "first step s"],
                            [[r["variant"], r["images_per_s"], r["speedup_vs_fp32"], r["step_s_median"],
                              r["first_step_s"]] for r in rows]))
