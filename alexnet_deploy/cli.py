@@ -79,6 +79,10 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=63))
+@click.option("--min-crop-scale", default=0.08, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Smallest area fraction RandomResizedCrop keeps (raise it for small objects).")
+@click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Classifier dropout.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
@@ -98,24 +102,33 @@ def train(data_dir, out, **kwargs):
 # ---------------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------------
-def _format_help() -> str:
-    from alexnet_deploy.exporters import EXPORTERS
+class _FormatsOption(click.Option):
+    """--formats, whose help lists the registered format names; the registry (and torch) is
+    imported only when that help is shown, so other commands' --help stays instant."""
 
-    return "Comma-separated formats, or 'all': " + ", ".join(EXPORTERS) + "."
+    def get_help_record(self, ctx):
+        from alexnet_deploy.exporters import EXPORTERS
+
+        self.help = ("Comma-separated formats, or 'all' (every format this machine can export; the "
+                     "rest are listed as skipped in the manifest): " + ", ".join(EXPORTERS) + ".")
+        return super().get_help_record(ctx)
 
 
 @cli.command()
 @click.argument("weights")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder.")
-@click.option("--formats", default="all", show_default=True, help="Comma-separated formats or 'all'.")
-@click.option("--max-batch", default=64, show_default=True, type=int)
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(min=7))
+@click.option("--formats", cls=_FormatsOption, default="all", show_default=True)
+@click.option("--max-batch", default=64, show_default=True, type=int,
+              help="Largest batch every artifact accepts (dynamic batch 1..N).")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset (18 or newer).")
 @click.option("--calib-data", default=None, type=click.Path(path_type=Path),
               help="Images for int8 calibration [default: the card's val data, else demo data].")
 @click.option("--calib-images", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Device the torch formats (aoti, torchscript, torch-export) are built for.")
 @click.option("--target", default=None, type=click.Choice(["cpu"]),
-              help="Also pick and label the fastest validated artifact per precision for this machine.")
+              help="Also time every checked runner x artifact here and record the fastest per "
+                   "precision (fp32, bf16, int8) in the manifest's `recommended` section.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 def export(weights, out, formats, **kwargs):
     """Export WEIGHTS (our .safetensors, a torchvision .pth, or 'torchvision') to deployment formats."""
@@ -215,18 +228,19 @@ def predict(artifact, images, top, backend):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output .npy file.")
 def preprocess(images, card, out):
     """Write IMAGES as one float32 NCHW .npy batch with the card's preprocessing (for C++ programs)."""
-    from alexnet_deploy.predict import run_preprocess
+    from alexnet_deploy.preprocess import run_preprocess
 
     run_preprocess(list(images), card, out)
 
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-def info(path):
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(path, as_json):
     """Describe weights, an artifact, or an export folder."""
     from alexnet_deploy.info import run_info
 
-    run_info(path)
+    run_info(path, as_json=as_json)
 
 
 def main() -> None:

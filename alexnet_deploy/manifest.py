@@ -57,6 +57,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = SCHEMA
     root: Path | None = None  # the export folder; not serialised
+    # `export --target cpu`: the fastest checked (runner, artifact) per precision on the export machine
+    recommended: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class Manifest:
             "artifacts": [asdict(a) for a in self.artifacts],
             "skipped": [asdict(s) for s in self.skipped],
             "versions": self.versions,
+            **({"recommended": self.recommended} if self.recommended else {}),
         }
 
     def write(self, root: str | os.PathLike) -> Path:
@@ -99,7 +102,8 @@ class Manifest:
             m = cls(card=ModelCard.from_dict(d["card"]), weights=d.get("weights", {}),
                     artifacts=[Artifact.from_dict(a) for a in d.get("artifacts", [])],
                     skipped=[Skipped(**s) for s in d.get("skipped", [])],
-                    versions=d.get("versions", {}), schema=d.get("schema", SCHEMA))
+                    versions=d.get("versions", {}), schema=d.get("schema", SCHEMA),
+                    recommended=d.get("recommended", {}))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserError(f"{path} is not a valid manifest ({type(e).__name__}: {e}); re-run export") \
                 from None

@@ -146,9 +146,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
 
     # Model, optimizer, schedule. Same seed on every rank so the replicas start equal.
     seed_everything(cfg.seed)
-    model = make_model(cfg, num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last on every device: ~3x faster convolutions on CPU too (benchmarks/train_speed.py)
+    model = make_model(cfg, num_classes).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(splits.train_sampler) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
@@ -291,9 +290,7 @@ def batches(loader):
 
 def to_device(images, targets, device):
     non_blocking = device.type == "cuda"
-    images = images.to(device, non_blocking=non_blocking)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.to(device, non_blocking=non_blocking).contiguous(memory_format=torch.channels_last)
     return images, targets.to(device, non_blocking=non_blocking)
 
 

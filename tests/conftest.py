@@ -58,3 +58,37 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str, code: in
     assert "Traceback" not in proc.stderr, proc.stderr
     for n in needles:
         assert n.lower() in proc.stderr.lower(), (n, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def exported_dir(tmp_path_factory, request) -> Path:
+    """`export --formats all` (every format this machine can export, the rest skipped with the
+    reason) at max batch 8 with 32 calibration images. Shared by the whole session: tests that
+    change files must copy it first (shutil.copytree). Uses `trained_weights` when that fixture
+    exists (meaningful int8 agreement), else `random_weights`."""
+    from alexnet_deploy.exporters import export_all
+
+    try:
+        weights = request.getfixturevalue("trained_weights")
+    except pytest.FixtureLookupError:
+        weights = request.getfixturevalue("random_weights")
+    out = tmp_path_factory.mktemp("export") / "exported"
+    export_all(weights, out, formats=["all"], max_batch=8, calib_images=32, show=False)
+    return out
+
+
+# Epochs of `trained_weights`: enough for confident, mostly-correct logits on the demo classes.
+TRAINED_EPOCHS = 15
+
+
+@pytest.fixture(scope="session")
+def trained_weights(tmp_path_factory, demo_data) -> Path:
+    """AlexNet trained on `demo_data` at 64 px (run folder beside it holds metrics.jsonl,
+    curves.png, checkpoint.pt). Decisive logits, so int8/fp16 top-1 agreement means something."""
+    from alexnet_deploy.training import TrainConfig, fit
+
+    run = tmp_path_factory.mktemp("train") / "run"
+    result = fit(TrainConfig(data=str(demo_data), out=str(run), image_size=TEST_IMAGE_SIZE,
+                             epochs=TRAINED_EPOCHS, batch_size=40, optimizer="adamw", lr=3e-4,
+                             min_crop_scale=0.6, warmup_epochs=1, workers=0, seed=0, quiet=True))
+    return Path(result.weights)

@@ -71,6 +71,8 @@ class BenchResult:
     cuda_graph: bool | None = None
     inference_precision: str | None = None  # what the runtime says it computes in (OpenVINO), if it says
     note: str | None = None
+    artifact: str = ""  # its path in the export folder
+    recommended: bool = False  # the manifest's pick for this precision (`export --target cpu`)
 
     @property
     def label(self) -> str:
@@ -162,15 +164,17 @@ def machine_slug(machine: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # What to run
 # ---------------------------------------------------------------------------------------------
-def plan_runs(manifest: Manifest, backends: Sequence[str] | None, device: str | None):
-    """(available choices, skips). Named backends that cannot run at all are a UserError."""
+def plan_runs(manifest: Manifest, backends: Sequence[str] | None, device: str | None,
+              only: Callable[[Any], bool] | None = None):
+    """(available choices, skips). Named backends that cannot run at all are a UserError;
+    `only` (a predicate on RunnerChoice) narrows the plan further."""
     from alexnet_deploy.runtimes import get_runner, runners_for
 
     if not manifest.artifacts:
         raise UserError(f"the manifest in {manifest.root} lists no artifacts: run "
                         f"`alexnet-deploy export WEIGHTS --out {manifest.root}` first")
     choices = [c for c in runners_for(manifest, list(backends) if backends else None)
-               if device is None or get_runner(c.runner).device == device]
+               if (device is None or get_runner(c.runner).device == device) and (only is None or only(c))]
     for name in backends or ():
         cls = get_runner(name)
         if reason := cls.unavailable_reason():
@@ -250,7 +254,7 @@ def _bench_runner(ctx: _RunContext, runner_name: str, artifact: Artifact,
                 peak_rss_mb=round(ctx.memory.peak_mb(), 1), rss_before_load_mb=round(rss_before, 1),
                 input_buffers_mb=round(sum(x.nbytes for x in inputs) / 2**20, 1),
                 floor_ms=floor, efficiency=floor / stats.p50, floor_basis=basis,
-                inference_precision=reported_precision(runner), **cuda))
+                inference_precision=reported_precision(runner), artifact=artifact.path, **cuda))
             r = results[-1]
             ctx.log(f"{r.label} batch {batch}: p50 {stats.p50:.3f} ms, p99 {stats.p99:.3f} ms, "
                     f"{r.throughput_ips:.1f} img/s{'' if r.stable else ' (unstable)'}")
@@ -294,7 +298,8 @@ def precision_name(text: str) -> str:
 def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = None,
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup_s: float = 1.0,
               duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
-              log: Callable[[str], None] = lambda msg: None) -> BenchmarkReport:
+              log: Callable[[str], None] = lambda msg: None,
+              only: Callable[[Any], bool] | None = None) -> BenchmarkReport:
     """Time every available runner on every batch size; see METHOD and roofline.FORMULA."""
     import torch
 
@@ -306,7 +311,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     if threads is not None and threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
     manifest = Manifest.read(export_dir)
-    plan, skips = plan_runs(manifest, backends, device)
+    plan, skips = plan_runs(manifest, backends, device, only)
     threads = threads or default_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # torch-based runners run in this process
@@ -343,9 +348,20 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     if not report.results:
         why = "; ".join(f"{s.backend}: {s.reason}" for s in report.skipped)
         raise UserError(f"no backend produced a result ({why})")
+    mark_recommended(report.results, manifest.recommended)
     report.machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
         else None
     return report
+
+
+def is_recommended(result: BenchResult, recommended: dict[str, Any]) -> bool:
+    pick = recommended.get("picks", {}).get(result.precision)
+    return bool(pick) and (pick["runner"], pick["artifact"]) == (result.backend, result.artifact)
+
+
+def mark_recommended(results: list[BenchResult], recommended: dict[str, Any]) -> None:
+    for r in results:
+        r.recommended = is_recommended(r, recommended)
 
 
 def _is_cuda(runner_name: str) -> bool:

@@ -14,9 +14,15 @@ HEADERS = ("backend", "format", "precision", "batch", "p50 ms", "p99 ms", "img/s
            "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
 
 
+RECOMMENDED_MARK = "*"
+RECOMMENDED_NOTE = (f"{RECOMMENDED_MARK} recommended: the fastest checked runner and artifact for its precision "
+                    "on the export machine (`export --target cpu`, in the manifest)")
+
+
 def _row(r: BenchResult) -> list:
     own = r.peak_rss_mb - r.rss_before_load_mb
-    return [r.backend, r.format, r.precision, r.batch_size, f"{r.latency_ms.p50:.3f}", f"{r.latency_ms.p99:.3f}",
+    backend = f"{r.backend} {RECOMMENDED_MARK}" if r.recommended else r.backend
+    return [backend, r.format, r.precision, r.batch_size, f"{r.latency_ms.p50:.3f}", f"{r.latency_ms.p99:.3f}",
             f"{r.throughput_ips:.1f}", "yes" if r.stable else "NO", f"{r.load_s:.2f}",
             f"{r.first_inference_ms:.1f}", f"{r.peak_rss_mb:.0f} (+{own:.0f})", f"{r.floor_ms:.3f}",
             f"{r.efficiency:.1%}"]
@@ -35,6 +41,8 @@ def print_table(report: BenchmarkReport) -> None:
     # a pipe or a log file gets the full table instead of 80 columns of ellipses
     console = Console(width=None if sys.stdout.isatty() else 180)
     console.print(table)
+    if any(r.recommended for r in report.results):
+        console.print(escape(RECOMMENDED_NOTE), highlight=False)
     for s in report.skipped:
         batch = f" batch {s.batch_size}" if s.batch_size else ""
         console.print(f"[yellow]skipped[/] {escape(f'{s.backend} ({s.format}, {s.precision}){batch}: {s.reason}')}",
@@ -64,6 +72,8 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
               f"multiply-adds and {roof['model_params'] / 1e6:.2f} M parameters per "
               f"{roof['model_input']} px image. {roof.get('int8_note', '')}", "",
               "## Results", "", markdown_table(HEADERS, [_row(r) for r in report.results])]
+    if any(r.recommended for r in report.results):
+        lines += [RECOMMENDED_NOTE, ""]
     cuda = [r for r in report.results if r.compute_ms is not None]
     if cuda:
         lines += ["## CUDA phases (median ms, CUDA events)", "", markdown_table(

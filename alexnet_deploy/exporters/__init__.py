@@ -105,8 +105,10 @@ def _ordered(names: list[str]) -> list[str]:
 def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list[str] | None = None,
                max_batch: int = 64, opset: int = 18, calib_data: str | os.PathLike | None = None,
                calib_images: int = 256, device: str = "cpu", force: bool = False,
-               show: bool = True) -> Manifest:
-    """Export `weights` into `out` as `formats` (default 'all'); returns the written manifest."""
+               show: bool = True, target: str | None = None) -> Manifest:
+    """Export `weights` into `out` as `formats` (default 'all'); returns the written manifest.
+    With `target` ("cpu"), also time every checked candidate and record the fastest per precision
+    in the manifest's `recommended` section (see alexnet_deploy.recommend)."""
     from alexnet_deploy.exporters.calibration import resolve_calib_data
     from alexnet_deploy.model import load_weights
 
@@ -115,6 +117,7 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     if calib_images < 1:
         raise UserError(f"--calib-images must be at least 1, got {calib_images}")
     _check_device(device)
+    _check_target(target)
     order, skipped = plan_formats(formats, device)
     if "onnx" in order:
         onnx.check_opset(opset)
@@ -131,6 +134,8 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
         ctx = ExportContext(model=model, card=card, out=stage, max_batch=max_batch, opset=opset,
                             device=device, calib_data=calib, calib_images=calib_images)
         manifest = _export_into(ctx, weights, order, skipped, show)
+        if target:
+            _recommend_into(manifest, ctx, target, show)
         manifest.write(stage)  # last: the manifest only ever lists finished, checked files
         _replace_dir(stage, out)
     except BaseException:
@@ -139,7 +144,32 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     manifest.root = out
     if show:
         print_summary(manifest, out)
+        if manifest.recommended:
+            from alexnet_deploy.recommend import print_recommended
+
+            print_recommended(manifest.recommended)
     return manifest
+
+
+def _check_target(target: str | None) -> None:
+    from alexnet_deploy.recommend import TARGETS
+
+    if target is not None and target not in TARGETS:
+        raise UserError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
+
+
+def _recommend_into(manifest: Manifest, ctx: ExportContext, target: str, show: bool) -> None:
+    """Time the candidates in the staging folder (the benchmark reads its manifest from disk)."""
+    import sys
+
+    from alexnet_deploy.recommend import recommend
+
+    manifest.write(ctx.out)
+    manifest.root = ctx.out
+    if show:
+        print(f"timing the {target} candidates (--target {target}) ...", flush=True)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if show else (lambda msg: None)
+    recommend(manifest, ctx, target, log=log)
 
 
 def _check_device(device: str) -> None:
@@ -227,14 +257,42 @@ def pick_runner(artifact: Artifact) -> tuple[type | None, str | None]:
 def check_artifact(manifest: Manifest, art: Artifact, ctx: ExportContext) -> dict[str, Any]:
     """Run a batch of 2 through the artifact's runner and compare with eager within the
     precision's limits (int8: top-1 agreement only). A failure is a UserError naming the format."""
+    runner_cls, reason = pick_runner(art)
+    if runner_cls is None:
+        return {"status": "skipped", "reason": reason}
+    result = compare_with_eager(manifest, art, runner_cls, ctx)
+    if result["failures"]:
+        raise UserError(f"{art.format} {art.precision} ({art.path}) failed its check on "
+                        f"{runner_cls.name} against eager PyTorch: {'; '.join(result['failures'])}")
+    del result["failures"]
+    return result
+
+
+def check_inputs(art: Artifact, ctx: ExportContext):
+    """A seeded batch of 2. int8 artifacts get two held-out calibration images instead of noise:
+    their activation ranges are calibrated on real images, and Gaussian noise (out of that
+    distribution, clipped) flips near-tie decisions of small demo models without saying anything
+    about the images the artifact is for."""
+    import torch
+
+    n = min(2, art.batch.get("max", 2))
+    if art.precision != "int8":
+        return ctx.sample(n)
+    from alexnet_deploy.exporters.calibration import load_calibration
+
+    held = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images).heldout[:n]
+    return torch.from_numpy(np.ascontiguousarray(held)).to(ctx.device) if len(held) == n else ctx.sample(n)
+
+
+def compare_with_eager(manifest: Manifest, art: Artifact, runner_cls: type, ctx: ExportContext
+                       ) -> dict[str, Any]:
+    """The post-export check of one (runner, artifact): a seeded batch of 2 against eager within
+    the limits of `art.precision`; "failures" lists what was out of limits (empty: passed)."""
     import torch
 
     from alexnet_deploy.tolerances import limits_for
 
-    runner_cls, reason = pick_runner(art)
-    if runner_cls is None:
-        return {"status": "skipped", "reason": reason}
-    x = ctx.sample(min(2, art.batch.get("max", 2)))
+    x = check_inputs(art, ctx)
     with torch.no_grad(), no_tf32():
         ref = ctx.model(x).float().cpu().numpy()
     started = time.perf_counter()
@@ -252,9 +310,7 @@ def check_artifact(manifest: Manifest, art: Artifact, ctx: ExportContext) -> dic
     if result["top1_agreement"] < limits.min_top1_agreement:
         failures.append(f"top-1 agreement {result['top1_agreement']:.0%} is below "
                         f"{limits.min_top1_agreement:.1%}")
-    if failures:
-        raise UserError(f"{art.format} {art.precision} ({art.path}) failed its check on "
-                        f"{runner_cls.name} against eager PyTorch: {'; '.join(failures)}")
+    result["failures"] = failures
     return result
 
 

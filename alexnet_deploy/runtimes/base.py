@@ -53,6 +53,13 @@ class Runner(ABC):
     def accepts(cls, artifact: Artifact) -> bool:
         return artifact.format in cls.formats
 
+    @classmethod
+    def as_executed(cls, artifact: Artifact) -> Artifact:
+        """The artifact as this runner computes it. A runner that computes in a lower precision
+        than the file stores (OpenVINO's bf16 hint on fp32 weights) returns a copy labelled with
+        that precision, so validate's limits, benchmark's floor and reports follow what runs."""
+        return artifact
+
     # -- properties used by reports --------------------------------------------------------
     @property
     def format(self) -> str:
@@ -146,7 +153,7 @@ def runners_for(manifest: Manifest, names: list[str] | None = None) -> list[Runn
             continue
         for art in [manifest.weights_artifact(), *manifest.artifacts]:
             if cls.accepts(art):
-                choices.append(RunnerChoice(name, art, cls.unavailable_reason()))
+                choices.append(RunnerChoice(name, cls.as_executed(art), cls.unavailable_reason()))
     return choices
 
 

@@ -1,13 +1,19 @@
-"""`openvino`: OpenVINO on the CPU, running an IR (.xml + .bin) or any exported ONNX directly."""
+"""`openvino`: OpenVINO on the CPU, running an IR (.xml + .bin) or any exported ONNX directly, in
+the precision the artifact stores; `openvino-bf16`: the fp32 artifacts computed in bfloat16 on CPUs
+with bf16 units (AVX512-BF16 or AMX-BF16)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from typing import ClassVar
 
 import numpy as np
 
+from alexnet_deploy.manifest import Artifact
 from alexnet_deploy.runtimes.base import Runner, register_runner
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -22,7 +28,7 @@ class OpenVinoRunner(Runner):
     formats = ("openvino", "onnx")
     ov_device: ClassVar[str] = "CPU"
     # CPUs with bf16 units default to bf16 inference; an artifact's precision is in its weights, so
-    # compute stays f32 unless a subclass (a future `openvino-bf16`) asks for less.
+    # compute stays f32 here (int8 graphs keep their quantized layers) and `openvino-bf16` asks for less.
     inference_precision: ClassVar[str] = "f32"
 
     @classmethod
@@ -30,7 +36,10 @@ class OpenVinoRunner(Runner):
         return openvino_unavailable_reason()
 
     def compile_config(self) -> dict[str, object]:
-        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": self.inference_precision}
+        # LATENCY: one stream owning every thread, the shape of a synchronous infer() call (the
+        # THROUGHPUT hint splits the threads into streams that only pay off with parallel requests).
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": self.inference_precision,
+                                     "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         return config
@@ -56,3 +65,32 @@ class OpenVinoRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self._request = self._compiled = None
+
+
+@register_runner
+class OpenVinoBf16Runner(OpenVinoRunner):
+    """fp32 weights, bf16 arithmetic: about half the weight traffic and the CPU's bf16 dot-product
+    units, at bf16's 8-bit mantissa (validated with the bf16 limits in tolerances.py)."""
+
+    name = "openvino-bf16"
+    inference_precision = "bf16"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        from alexnet_deploy.roofline import cpu_flags
+
+        reason = openvino_unavailable_reason()
+        if reason is None and not cpu_flags() & set(BF16_FLAGS):
+            reason = ("this CPU has no bf16 units (neither avx512_bf16 nor amx_bf16); OpenVINO would "
+                      "emulate bf16 more slowly than fp32")
+        return reason
+
+    @classmethod
+    def accepts(cls, artifact: Artifact) -> bool:
+        return super().accepts(artifact) and artifact.precision == "fp32"
+
+    @classmethod
+    def as_executed(cls, artifact: Artifact) -> Artifact:
+        return dataclasses.replace(artifact, precision="bf16", extra={
+            **artifact.extra, "stored_precision": artifact.precision,
+            "computed_in": "bf16 (OpenVINO INFERENCE_PRECISION_HINT=bf16)"})

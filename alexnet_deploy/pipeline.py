@@ -1,0 +1,205 @@
+"""train -> export -> validate -> benchmark as an ordered list of steps (after Model Navigator).
+
+Each step runs the real CLI command in a subprocess, its output teed to DIR/<step>/log.txt, so
+the pipeline composes exactly what a user would run by hand and every step leaves a log. The
+state of finished steps lives in DIR/pipeline.json; a rerun with the same DIR skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.utils import write_json
+
+console = Console(stderr=False)
+
+
+class Status(str, Enum):
+    OK = "OK"
+    FAIL = "FAIL"
+    SKIPPED = "SKIPPED"
+
+
+@dataclass
+class Settings:
+    """What the pipeline runs with; `quick` shrinks everything to a smoke run."""
+
+    out: Path
+    data: Path | None = None
+    epochs: int | None = None
+    formats: list[str] | None = None
+    quick: bool = False
+
+    def recipe(self) -> dict[str, Any]:
+        """Data and training settings from training.DEMO_RECIPE, plus the later steps' sizes."""
+        from alexnet_deploy.training import DEMO_RECIPE
+
+        r = {"data": dict(DEMO_RECIPE["data"]), "train": dict(DEMO_RECIPE["train"]),
+             **(QUICK_STEPS if self.quick else DEMO_STEPS)}
+        if self.quick:
+            r["data"].update(per_class=8, size=72)
+            r["train"].update(epochs=1, batch_size=16)
+        if self.epochs is not None:
+            r["train"]["epochs"] = self.epochs
+        return r
+
+
+# Sizes of the steps after training: the demo's fit `make demo`'s time budget on 2 cores.
+DEMO_STEPS = {"max_batch": 32, "calib_images": 128, "validate_images": 200,
+              "bench_batches": "1,8,32", "bench_duration_s": 3.0, "bench_warmup_s": 0.5}
+QUICK_STEPS = {"max_batch": 4, "calib_images": 16, "validate_images": 20,
+               "bench_batches": "1,4", "bench_duration_s": 0.3, "bench_warmup_s": 0.1}
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: Status
+    seconds: float
+    log: str
+    reason: str = ""
+
+
+@dataclass
+class Step:
+    name: str
+    argv: Callable[[Settings, Path], list[str] | None]  # None: nothing to do (SKIPPED)
+    ok_codes: tuple[int, ...] = (0,)
+    records: dict = field(default_factory=dict)
+
+
+def _data_dir(s: Settings) -> Path:
+    return s.data if s.data is not None else s.out / "data" / "demo"
+
+
+def _data_argv(s: Settings, d: Path) -> list[str] | None:
+    if s.data is not None:
+        return None  # the user's data: nothing to generate
+    r = s.recipe()["data"]
+    return ["data", "demo", "--out", str(d / "demo"), "--classes", str(r["classes"]),
+            "--per-class", str(r["per_class"]), "--size", str(r["size"]), "--seed", str(r["seed"])]
+
+
+def _train_argv(s: Settings, d: Path) -> list[str]:
+    argv = ["train", "--data", str(_data_dir(s)), "--out", str(d)]
+    for key, value in s.recipe()["train"].items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _export_argv(s: Settings, d: Path) -> list[str]:
+    r = s.recipe()
+    formats = ",".join(s.formats) if s.formats else "all"
+    return ["export", str(s.out / "train" / "weights.safetensors"), "--out", str(d), "--force",
+            "--formats", formats, "--max-batch", str(r["max_batch"]),
+            "--calib-images", str(r["calib_images"])]
+
+
+def _validate_argv(s: Settings, d: Path) -> list[str]:
+    r = s.recipe()
+    return ["validate", str(s.out / "export"), "--images", str(r["validate_images"]),
+            "--report", str(d / "validation.json")]
+
+
+def _benchmark_argv(s: Settings, d: Path) -> list[str]:
+    r = s.recipe()
+    return ["benchmark", str(s.out / "export"), "--batch-sizes", r["bench_batches"],
+            "--duration-s", str(r["bench_duration_s"]), "--warmup-s", str(r["bench_warmup_s"]),
+            "--report", str(d / "benchmark.json"), "--plot", str(d / "benchmark.png")]
+
+
+STEPS: list[Step] = [
+    Step("data", _data_argv),
+    Step("train", _train_argv),
+    Step("export", _export_argv),
+    Step("validate", _validate_argv),
+    Step("benchmark", _benchmark_argv),
+]
+
+
+def _state_path(out: Path) -> Path:
+    return out / "pipeline.json"
+
+
+def _load_state(out: Path) -> dict[str, Any]:
+    p = _state_path(out)
+    if not p.is_file():
+        return {"steps": {}}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{p} is corrupt; remove it (or the whole {out}) to start over") from None
+
+
+def _run_logged(argv: list[str], log: Path) -> int:
+    """Run `alexnet-deploy ARGV`, showing its output and copying it to `log`."""
+    cmd = [sys.executable, "-m", "alexnet_deploy", *argv]
+    with open(log, "w") as f:
+        f.write("$ alexnet-deploy " + " ".join(argv) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            f.write(line)
+        return proc.wait()
+
+
+def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | None = None,
+                 formats: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
+    """Run (or resume) every step; write OUT/report.md and OUT/report.json."""
+    s = Settings(out=Path(out), data=Path(data) if data else None, epochs=epochs, formats=formats,
+                 quick=quick)
+    if s.data is not None and not s.data.is_dir():
+        raise UserError(f"data folder not found: {s.data}")
+    s.out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(s.out)
+    state["settings"] = {"data": str(s.data) if s.data else None, "epochs": epochs,
+                         "formats": formats, "quick": quick}
+    for step in STEPS:
+        done = state["steps"].get(step.name, {})
+        if done.get("status") in (Status.OK, Status.SKIPPED):
+            console.print(f"[dim]pipeline: {step.name} already done, skipping (delete "
+                          f"{_state_path(s.out)} to redo)[/dim]")
+            continue
+        state["steps"][step.name] = asdict(_run_step(step, s))
+        write_json(_state_path(s.out), state)
+        rec = state["steps"][step.name]
+        if rec["status"] == Status.FAIL:
+            raise UserError(f"pipeline step '{step.name}' failed ({rec['reason']}); see {rec['log']}; "
+                            f"fix it and rerun the same command to resume from '{step.name}'")
+    from alexnet_deploy.pipeline_report import write_pipeline_report
+
+    report = write_pipeline_report(s.out, state)
+    console.print(f"[bold green]pipeline finished[/bold green]: report at {s.out / 'report.md'}")
+    return report
+
+
+def _run_step(step: Step, s: Settings) -> StepRecord:
+    d = s.out / step.name
+    argv = step.argv(s, d)
+    if argv is None:
+        return StepRecord(step.name, Status.SKIPPED, 0.0, "", "user data given")
+    if d.exists() and step.name != "data":
+        shutil.rmtree(d)  # a previous failed attempt: start the step clean
+    d.mkdir(parents=True, exist_ok=True)
+    console.rule(f"[bold]{step.name}")
+    t0 = time.perf_counter()
+    code = _run_logged(argv, d / "log.txt")
+    seconds = round(time.perf_counter() - t0, 1)
+    if code not in step.ok_codes:
+        return StepRecord(step.name, Status.FAIL, seconds, str(d / "log.txt"), f"exit code {code}")
+    return StepRecord(step.name, Status.OK, seconds, str(d / "log.txt"))

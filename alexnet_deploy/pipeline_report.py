@@ -1,0 +1,106 @@
+"""OUT/report.md + OUT/report.json for a finished pipeline, assembled from each step's outputs."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from alexnet_deploy.report import markdown_table, write_report
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _train_summary(out: Path) -> dict[str, Any]:
+    lines = (out / "train" / "metrics.jsonl").read_text().splitlines() if \
+        (out / "train" / "metrics.jsonl").is_file() else []
+    epochs = [json.loads(line) for line in lines if line.strip()]
+    last = epochs[-1] if epochs else {}
+    summary = {"epochs": len(epochs), **{k: v for k, v in last.items() if k != "epoch"}}
+    final = _read_json(out / "train" / "result.json")
+    if final:
+        summary.update(final)
+    return summary
+
+
+def _export_summary(manifest: dict[str, Any] | None) -> dict[str, Any]:
+    if not manifest:
+        return {}
+    return {
+        "artifacts": [{k: a.get(k) for k in ("format", "precision", "device", "path", "bytes",
+                                             "export_s")} for a in manifest.get("artifacts", [])],
+        "skipped": manifest.get("skipped", []),
+        "versions": manifest.get("versions", {}),
+    }
+
+
+def write_pipeline_report(out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    manifest = _read_json(out / "export" / "manifest.json")
+    validation = _read_json(out / "validate" / "validation.json") or {}
+    bench = _read_json(out / "benchmark" / "benchmark.json") or {}
+    report = {
+        "train": _train_summary(out),
+        "export": _export_summary(manifest),
+        "validate": validation,
+        "benchmark": bench,
+        "machine": bench.get("machine") or {"platform": platform.platform(),
+                                            "processor": platform.processor()},
+        "steps": state.get("steps", {}),
+    }
+    write_report(out / "report.json", report, _markdown(out, report))
+    return report
+
+
+def _markdown(out: Path, r: dict[str, Any]) -> str:
+    t = r["train"]
+    md = ["# alexnet-deploy pipeline report\n"]
+    md.append("## Steps\n")
+    md.append(markdown_table(["step", "status", "seconds", "log"],
+                             [[k, v["status"], v["seconds"], Path(v["log"]).relative_to(out)
+                               if v.get("log") else ""] for k, v in r["steps"].items()]))
+    md.append("\n## Training\n")
+    md.append(markdown_table(["epochs", "val top-1", "val top-5", "test top-1", "images/s"],
+                             [[t.get("epochs"), _pct(t.get("val_top1")), _pct(t.get("val_top5")),
+                               _pct(t.get("test_top1")), _num(t.get("images_per_s"))]]))
+    if (out / "train" / "curves.png").is_file():
+        md.append("\n![training curves](train/curves.png)\n")
+    md.append("\n## Formats and validation\n")
+    checks = {(v.get("format"), v.get("precision"), v.get("backend")): v
+              for v in r["validate"].get("results", [])}
+    rows = []
+    for a in r["export"].get("artifacts", []):
+        runs = [v for (f, p, _), v in checks.items() if f == a["format"] and p == a["precision"]]
+        verdict = ", ".join(f"{v.get('backend')}: {v.get('status') or ('PASS' if v.get('passed') else 'FAIL')}"
+                            for v in runs) or "not validated"
+        rows.append([a["format"], a["precision"], a["path"], f"{a['bytes'] / 1e6:.1f}", a["export_s"], verdict])
+    md.append(markdown_table(["format", "precision", "file", "MB", "export s", "validation"], rows))
+    for sk in r["export"].get("skipped", []):
+        md.append(f"- skipped `{sk['format']}`: {sk['reason']}\n")
+    md.append("\n## Benchmark\n")
+    rows = [[b.get("backend"), b.get("precision"), b.get("batch_size"),
+             _num(b.get("latency_ms", {}).get("p50")), _num(b.get("latency_ms", {}).get("p99")),
+             _num(b.get("throughput_ips")), _pct(b.get("efficiency")), b.get("stable")]
+            for b in r["benchmark"].get("results", [])]
+    md.append(markdown_table(["backend", "precision", "batch", "p50 ms", "p99 ms", "images/s",
+                              "efficiency", "stable"], rows))
+    if (out / "benchmark" / "benchmark.png").is_file():
+        md.append("\n![latency and throughput](benchmark/benchmark.png)\n")
+    md.append("\n## Machine\n")
+    md.append("```\n" + json.dumps(r["machine"], indent=2) + "\n```\n")
+    return "\n".join(md)
+
+
+def _pct(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{100 * v:.1f}%" if v <= 1 else f"{v:.1f}%"
+
+
+def _num(v: Any) -> str:
+    return "" if v is None else f"{v:.3g}"

@@ -1,0 +1,167 @@
+"""`export --target cpu`: after exporting, time every checked candidate (runner x artifact) on this
+machine and record the fastest per precision in the manifest's `recommended` section.
+
+A candidate counts only if it passed the post-export check *with that runner* (the check export
+ran, or the same check run here for runners export did not use, e.g. OpenVINO on the ONNX file or
+`openvino-bf16` on the fp32 IR). Candidates are then timed with the benchmark harness at batch 1
+and batch 32 (or the export's max batch when smaller), beside torch eager fp32 from the same run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from alexnet_deploy.manifest import Manifest
+
+TARGETS = ("cpu",)
+PRECISIONS = ("fp32", "bf16", "int8")
+BATCH_SIZES = (1, 32)
+# Brief on purpose: a choice between runtimes several times apart, not a published figure
+# (`alexnet-deploy benchmark` and benchmarks/ measure properly).
+WARMUP_S, DURATION_S = 0.3, 1.5
+BASELINE = "torch-eager"
+
+
+def recommend(manifest: Manifest, ctx, target: str = "cpu", threads: int | None = None,
+              warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
+              log=lambda msg: None) -> dict[str, Any]:
+    """Check and time the candidates of `manifest` (written to `manifest.root`) for `target`;
+    returns the `recommended` section (also stored on the manifest; the caller writes it)."""
+    from alexnet_deploy.bench import benchmark
+    from alexnet_deploy.runtimes import get_runner, runners_for
+
+    choices = [c for c in runners_for(manifest) if c.available and c.artifact.precision in PRECISIONS
+               and get_runner(c.runner).device == target]
+    checks = {_key(c.runner, c.artifact.path, c.artifact.precision): _check(manifest, c, ctx)
+              for c in choices}
+    passed = {k for k, v in checks.items() if not v.get("failures")}
+    cap = min(a.batch.get("max", 1) for a in [c.artifact for c in choices] if a.format != "weights")
+    sizes = sorted({min(b, cap) for b in BATCH_SIZES})
+    report = benchmark(manifest.root, batch_sizes=sizes, warmup_s=warmup_s, duration_s=duration_s,
+                       threads=threads, device=target, log=log,
+                       only=lambda c: _key(c.runner, c.artifact.path, c.artifact.precision) in passed)
+    section = summarise(report, checks, sizes, target)
+    manifest.recommended = section
+    return section
+
+
+def recommend_export(export_dir, target: str = "cpu", threads: int | None = None,
+                     warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
+                     log=lambda msg: None) -> dict[str, Any]:
+    """Recommend for an existing export folder (e.g. copied to another machine): the checks compare
+    with eager on the export's own copy of the weights; the manifest is rewritten in place."""
+    from alexnet_deploy.exporters import ExportContext
+    from alexnet_deploy.exporters.calibration import resolve_calib_data
+    from alexnet_deploy.model import load_weights
+
+    manifest = Manifest.read(export_dir)
+    model, card = load_weights(manifest.root / manifest.weights.get("path", "weights.safetensors"))
+    ctx = ExportContext(model=model, card=card, out=manifest.root, calib_data=resolve_calib_data(card, None))
+    section = recommend(manifest, ctx, target, threads, warmup_s, duration_s, log)
+    manifest.write(manifest.root)
+    return section
+
+
+def _key(runner: str, path: str, precision: str) -> str:
+    return f"{runner}|{path}|{precision}"
+
+
+def _check(manifest: Manifest, choice, ctx) -> dict[str, Any]:
+    """The export's own check when it used this runner, else the same check run now."""
+    from alexnet_deploy.exporters import compare_with_eager
+    from alexnet_deploy.runtimes import get_runner
+
+    if choice.artifact.format == "weights":  # the reference itself
+        return {"status": "ok", "runner": choice.runner, "reference": True, "failures": []}
+    done = choice.artifact.extra.get("check", {})
+    if done.get("runner") == choice.runner and done.get("status") == "ok" \
+            and choice.artifact.extra.get("stored_precision") is None:
+        return {**done, "failures": []}
+    try:
+        return compare_with_eager(manifest, choice.artifact, get_runner(choice.runner), ctx)
+    except Exception as e:  # a runtime that cannot load the file is a failed candidate, not a crash
+        return {"status": "error", "runner": choice.runner,
+                "failures": [f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"]}
+
+
+def summarise(report, checks: dict[str, dict], sizes: list[int], target: str) -> dict[str, Any]:
+    """The recommended section: per precision the candidate with the smallest geometric mean of
+    its p50 ratios to torch eager fp32 over the batch sizes (so batch 1 and batch 32 weigh alike)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in report.results:
+        row = rows.setdefault(_key(r.backend, r.artifact, r.precision), {
+            "runner": r.backend, "format": r.format, "precision": r.precision, "artifact": r.artifact,
+            "inference_precision": r.inference_precision, "p50_ms": {}, "efficiency": {}})
+        row["p50_ms"][str(r.batch_size)] = round(r.latency_ms.p50, 3)
+        row["efficiency"][str(r.batch_size)] = round(r.efficiency, 3)
+    base = next((v for v in rows.values() if v["runner"] == BASELINE), None)
+    for row in rows.values():
+        if base:
+            row["ratio_to_torch_eager_fp32"] = {b: round(ms / base["p50_ms"][b], 3)
+                                                for b, ms in row["p50_ms"].items() if b in base["p50_ms"]}
+        row["check"] = _brief(checks.get(_key(row["runner"], row["artifact"], row["precision"]), {}))
+    complete = [v for v in rows.values() if len(v["p50_ms"]) == len(sizes)]
+    picks, missing = {}, {}
+    for p in PRECISIONS:
+        mine = [v for v in complete if v["precision"] == p]
+        if mine:
+            picks[p] = min(mine, key=lambda v: _score(v, base))
+        else:
+            missing[p] = _why_missing(p, checks, report)
+    failed = [{"candidate": k.replace("|", " "), "failures": v["failures"]}
+              for k, v in checks.items() if v.get("failures")]
+    return {"target": target, "machine": {k: report.machine.get(k) for k in ("cpu", "cores_logical", "isa")},
+            "threads": report.settings["threads"], "batch_sizes": sizes,
+            "load_avg": report.machine.get("load_avg_start"), "created": report.created,
+            "method": f"p50 over {report.settings['duration_s']} s per batch size after "
+                      f"{report.settings['warmup_s']} s warm-up; pick = smallest geometric mean of "
+                      "p50 / torch eager fp32 p50 over the batch sizes",
+            "baseline": base, "picks": picks, "missing": missing, "failed_checks": failed,
+            "candidates": sorted(rows.values(), key=lambda v: (v["precision"], _score(v, base)))}
+
+
+def _score(row: dict[str, Any], base: dict[str, Any] | None) -> float:
+    ratios = row.get("ratio_to_torch_eager_fp32") if base else None
+    values = list((ratios or row["p50_ms"]).values())
+    return math.exp(sum(math.log(max(v, 1e-12)) for v in values) / len(values))
+
+
+def _brief(check: dict[str, Any]) -> dict[str, Any]:
+    keep = ("status", "runner", "top1_agreement", "max_abs", "atol", "rtol", "reference")
+    return {k: check[k] for k in keep if k in check}
+
+
+def _why_missing(precision: str, checks: dict[str, dict], report) -> str:
+    tried = [k for k in checks if k.endswith("|" + precision)]
+    if not tried:
+        skips = [f"{s.backend}: {s.reason}" for s in report.skipped if s.precision == precision]
+        return "no runner here executes a " + precision + " artifact" + (f" ({'; '.join(skips)})" if skips else "")
+    return "no candidate passed its check and was timed: " + "; ".join(
+        f"{k.split('|')[0]} {k.split('|')[1]}: {'; '.join(checks[k].get('failures') or ['not timed'])}"
+        for k in tried)
+
+
+def print_recommended(section: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    sizes = [str(b) for b in section["batch_sizes"]]
+    table = Table(title=f"recommended for this {section['target']} ({section['machine'].get('cpu')}, "
+                        f"{section['threads']} threads)")
+    for col in ("precision", "runner", "artifact", *(f"p50 ms b{b}" for b in sizes),
+                *(f"vs eager b{b}" for b in sizes)):
+        table.add_column(col, justify="left" if col in ("precision", "runner", "artifact") else "right")
+    base = section.get("baseline")
+    rows = [("fp32 (torch eager, baseline)", base)] if base else []
+    rows += list(section["picks"].items())
+    for label, v in rows:
+        ratios = v.get("ratio_to_torch_eager_fp32", {})
+        table.add_row(escape(label), escape(v["runner"]), escape(v["artifact"]),
+                      *(f"{v['p50_ms'].get(b, float('nan')):.2f}" for b in sizes),
+                      *(f"{ratios[b]:.2f}x" if b in ratios else "-" for b in sizes))
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    for p, why in section["missing"].items():
+        console.print(escape(f"no {p} recommendation: {why}"), highlight=False)

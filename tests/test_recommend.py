@@ -1,0 +1,144 @@
+"""The fastest correct CPU artifacts (issue 8): a symmetric int8 ONNX every consumer accepts,
+OpenVINO bf16 where the CPU has bf16 units, and `export --target cpu`'s `recommended` section,
+which `benchmark` marks. No wall-clock figure is asserted: timings depend on the machine."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import assert_user_error, run_cli
+
+from alexnet_deploy.manifest import Manifest
+from alexnet_deploy.roofline import cpu_flags
+from alexnet_deploy.runtimes import RUNNERS, get_runner, runners_for
+from alexnet_deploy.tolerances import limits_for
+
+HAS_BF16 = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (avx512_bf16 / amx_bf16)")
+
+
+@pytest.fixture(scope="module")
+def manifest(exported_dir) -> Manifest:
+    return Manifest.read(exported_dir)
+
+
+@pytest.fixture(scope="module")
+def recommended_dir(exported_dir, tmp_path_factory):
+    """A copy of the shared export with a `recommended` section from a very brief timing run."""
+    from alexnet_deploy.recommend import recommend_export
+
+    out = tmp_path_factory.mktemp("recommend") / "export"
+    shutil.copytree(exported_dir, out)
+    recommend_export(out, warmup_s=0.02, duration_s=0.05)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+# ---------------------------------------------------------------------------------------------
+def test_int8_onnx_has_only_zero_zero_points_so_tensorrt_builds_it(exported_dir, manifest):
+    from alexnet_deploy.exporters.tensorrt import has_nonzero_zero_points
+
+    (art,) = manifest.find("onnx", "int8")
+    assert art.extra["quantization"]["symmetric"] is True
+    assert not has_nonzero_zero_points(exported_dir / art.path)
+
+
+def test_int8_artifacts_agree_with_eager_on_labelled_images(manifest):
+    """The int8 limits (>= 98% top-1 agreement) on the demo val images, for every int8 artifact
+    and every runner that executes it."""
+    from alexnet_deploy.data import load_labelled
+
+    labelled = load_labelled(manifest.card.data["val"], manifest.card, limit=40, seed=0)
+    val = labelled.images
+    with get_runner("torch-eager")(manifest, manifest.weights_artifact()) as eager:
+        ref = eager.infer(val).argmax(1)
+    accuracy = float((ref == labelled.labels).mean())
+    if accuracy < 0.5:  # untrained logits are near ties: any rounding flips them, int8 or not
+        pytest.skip(f"the session's weights did not learn the demo classes (val accuracy {accuracy:.0%}); "
+                    "int8 agreement is only meaningful on a model with decisive logits")
+    choices = [c for c in runners_for(manifest) if c.artifact.precision == "int8" and c.available]
+    assert choices
+    for c in choices:
+        with get_runner(c.runner)(manifest, c.artifact) as runner:
+            got = np.concatenate([runner.infer(val[i:i + 8]).argmax(1) for i in range(0, len(val), 8)])
+        assert (got == ref).mean() >= limits_for("int8").min_top1_agreement, (c.runner, c.artifact.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16
+# ---------------------------------------------------------------------------------------------
+def test_openvino_bf16_runs_only_fp32_files_and_reports_bf16(manifest):
+    choices = [c for c in runners_for(manifest, ["openvino-bf16"])]
+    assert choices, "openvino-bf16 applies to the fp32 ONNX and the fp32 IR"
+    for c in choices:
+        assert c.artifact.precision == "bf16" and c.artifact.extra["stored_precision"] == "fp32"
+        (stored,) = [a for a in manifest.artifacts if a.path == c.artifact.path]
+        assert stored.precision == "fp32"  # the manifest itself is unchanged
+    assert {c.artifact.path for c in choices} == {a.path for a in manifest.artifacts
+                                                 if a.precision == "fp32" and a.format in ("onnx", "openvino")}
+
+
+def test_openvino_bf16_says_why_it_cannot_run_without_bf16_units(monkeypatch):
+    import alexnet_deploy.roofline as roofline
+
+    monkeypatch.setattr(roofline, "cpu_flags", lambda: {"avx2", "avx512f"})
+    reason = RUNNERS["openvino-bf16"].unavailable_reason()
+    assert reason and "avx512_bf16" in reason and "amx_bf16" in reason
+
+
+@needs_bf16
+def test_openvino_bf16_matches_eager_within_the_bf16_limits(manifest):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, *manifest.card.input.shape)).astype(np.float32)
+    with get_runner("torch-eager")(manifest, manifest.weights_artifact()) as eager:
+        ref = eager.infer(x)
+    limits = limits_for("bf16")
+    for c in runners_for(manifest, ["openvino-bf16"]):
+        with get_runner(c.runner)(manifest, c.artifact) as runner:
+            y = runner.infer(x)
+            assert "bf16" in runner.effective_precision
+        np.testing.assert_allclose(y, ref, atol=limits.atol, rtol=limits.rtol)
+        assert (y.argmax(1) == ref.argmax(1)).mean() >= limits.min_top1_agreement
+
+
+# ---------------------------------------------------------------------------------------------
+# export --target cpu and benchmark
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_recommended_section_picks_a_checked_timed_candidate_per_precision(recommended_dir):
+    rec = Manifest.read(recommended_dir).recommended
+    assert rec["target"] == "cpu" and rec["batch_sizes"] == [1, 8]  # the export's max batch is 8
+    assert rec["baseline"]["runner"] == "torch-eager"
+    expected = {"fp32", "int8"} | ({"bf16"} if HAS_BF16 else set())
+    assert expected <= set(rec["picks"]) and set(rec["picks"]) | set(rec["missing"]) == {"fp32", "bf16", "int8"}
+    paths = {a.path: a for a in Manifest.read(recommended_dir).artifacts}
+    for precision, pick in rec["picks"].items():
+        assert pick["precision"] == precision and pick["check"]["status"] == "ok"
+        assert pick["artifact"] == "weights.safetensors" or pick["artifact"] in paths
+        assert set(pick["p50_ms"]) == set(pick["ratio_to_torch_eager_fp32"]) == {"1", "8"}
+        assert all(v > 0 for v in pick["p50_ms"].values())
+        same = [c for c in rec["candidates"] if c["precision"] == precision]
+        score = lambda c: np.prod(list(c["ratio_to_torch_eager_fp32"].values()))  # noqa: E731
+        assert score(pick) == min(score(c) for c in same)  # the fastest of those that passed
+    assert not rec["failed_checks"], rec["failed_checks"]
+
+
+@pytest.mark.slow
+def test_benchmark_marks_the_recommended_rows(recommended_dir):
+    from alexnet_deploy.bench import benchmark, render_markdown
+
+    picks = Manifest.read(recommended_dir).recommended["picks"]
+    report = benchmark(recommended_dir, backends=sorted({p["runner"] for p in picks.values()}),
+                       batch_sizes=[1], warmup_s=0.01, duration_s=0.03, device="cpu")
+    marked = {(r.backend, r.artifact, r.precision) for r in report.results if r.recommended}
+    assert marked == {(p["runner"], p["artifact"], p["precision"]) for p in picks.values()}
+    assert "recommended" in render_markdown(report)
+    assert report.to_dict()["results"][0]["recommended"] in (True, False)
+
+
+def test_export_target_rejects_unknown_targets(random_weights, tmp_path):
+    proc = run_cli("export", random_weights, "--out", tmp_path / "x", "--formats", "onnx", "--target", "gpu")
+    assert_user_error(proc, "--target")
