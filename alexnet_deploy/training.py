@@ -45,14 +45,14 @@ OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.01, "weight_decay": 5e-4},
                       "adamw": {"lr": 3e-4, "weight_decay": 0.05}}
 
 # Settings for the built-in demo data: `data` are `alexnet-deploy data demo` options, `train` are
-# TrainConfig fields; the pipeline uses them when it generates the demo data itself.
-# NOT YET MEASURED TO REACH 90%: at torchvision's initialisation AlexNet's logits barely depend on
-# the input, and on a shared 2-core CPU the runs tried so far (AdamW 3e-4, dropout 0, <= 250 steps)
-# were still leaving that plateau (val top-1 10-15%). SGD did not move at all in 200 steps; AdamW
-# at 6e-4 or 1e-3 stalled at chance. See train/README.md.
+# TrainConfig fields; the pipeline (`make demo`) uses them when it generates the demo data itself.
+# Sized for make demo's budget (about 3 minutes of training on 2 CPU cores). NOT YET ENOUGH FOR 90%:
+# at torchvision's initialisation AlexNet's logits barely depend on the input and every setting
+# tried so far (SGD, AdamW 1e-4..1e-3, kaiming init, dropout 0) stays near chance for several
+# hundred steps on this data; see train/README.md.
 DEMO_RECIPE: dict[str, dict[str, Any]] = {
     "data": {"classes": 10, "per_class": 120, "size": 72, "seed": 0},
-    "train": {"image_size": 64, "epochs": 40, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4,
+    "train": {"image_size": 64, "epochs": 12, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4,
               "weight_decay": 0.05, "warmup_epochs": 1, "min_crop_scale": 0.6, "dropout": 0.0, "workers": 0},
 }
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import assert_user_error, run_cli
 
 pytestmark = pytest.mark.slow
