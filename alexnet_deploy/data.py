@@ -109,8 +109,25 @@ def check_class_folders(path: Path) -> list[str]:
     return classes
 
 
-def image_folder(path: str | os.PathLike, transform=None, classes: list[str] | None = None
-                 ) -> datasets.ImageFolder:
+class CachedLoader:
+    """load_image that keeps decoded images: small data sets (the demo) are decoded once instead
+    of every epoch, which otherwise costs as much as the training step on 2 cores."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, Image.Image] = {}
+
+    def __call__(self, path: str) -> Image.Image:
+        if path not in self.images:
+            self.images[path] = load_image(path)
+        return self.images[path]
+
+
+def folder_bytes(path: str | os.PathLike) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def image_folder(path: str | os.PathLike, transform=None, classes: list[str] | None = None,
+                 cache: bool = False) -> datasets.ImageFolder:
     """torchvision ImageFolder with our checks; `classes`, when given, must match exactly."""
     path = Path(path)
     found = check_class_folders(path)
@@ -119,7 +136,7 @@ def image_folder(path: str | os.PathLike, transform=None, classes: list[str] | N
         extra = sorted(set(found) - set(classes))
         raise UserError(f"{path} has different classes than expected "
                         f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})")
-    return datasets.ImageFolder(str(path), transform=transform, loader=load_image,
+    return datasets.ImageFolder(str(path), transform=transform, loader=CachedLoader() if cache else load_image,
                                 is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
 
 

@@ -60,6 +60,9 @@ def write_pipeline_report(out: Path, state: dict[str, Any]) -> dict[str, Any]:
 def _markdown(out: Path, r: dict[str, Any]) -> str:
     t = r["train"]
     md = ["# alexnet-deploy pipeline report\n"]
+    for name, step in r["steps"].items():
+        if step.get("findings"):
+            md.append(f"> **{name}: {step['findings']}** -- see the validation table below.\n")
     md.append("## Steps\n")
     md.append(markdown_table(["step", "status", "seconds", "log"],
                              [[k, v["status"], v["seconds"], Path(v["log"]).relative_to(out)
