@@ -145,7 +145,8 @@ def _pick(manifest: Manifest, artifacts: list[Artifact], backend: str | None, wh
                 continue
             reason = cls.unavailable_reason()
             if reason is None:
-                return Target(manifest, art, name)
+                # labelled as the runner computes it (openvino-bf16 runs an fp32 file in bf16)
+                return Target(manifest, cls.as_executed(art), name)
             reasons.append(f"{name}: {reason}")
     if backend and not reasons:
         kinds = sorted({a.format for a in artifacts})
