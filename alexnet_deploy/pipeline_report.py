@@ -65,7 +65,7 @@ def _markdown(out: Path, r: dict[str, Any]) -> str:
             md.append(f"> **{name}: {step['findings']}** -- see the validation table below.\n")
     md.append("## Steps\n")
     md.append(markdown_table(["step", "status", "seconds", "log"],
-                             [[k, v["status"], v["seconds"], Path(v["log"]).relative_to(out)
+                             [[k, getattr(v["status"], "value", v["status"]), v["seconds"], Path(v["log"]).relative_to(out)
                                if v.get("log") else ""] for k, v in r["steps"].items()]))
     md.append("\n## Training\n")
     md.append(markdown_table(["epochs", "val top-1", "val top-5", "test top-1", "images/s"],

@@ -26,18 +26,9 @@ from torch import nn
 
 from alexnet_deploy.model import build_model
 from alexnet_deploy.report import markdown_table, write_report
+from alexnet_deploy.roofline import cpu_flags
 from alexnet_deploy.training import TrainConfig, make_optimizer
 from alexnet_deploy.utils import library_versions
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_model() -> str:
