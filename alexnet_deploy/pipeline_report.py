@@ -23,10 +23,19 @@ def _train_summary(out: Path) -> dict[str, Any]:
     epochs = [json.loads(line) for line in lines if line.strip()]
     last = epochs[-1] if epochs else {}
     summary = {"epochs": len(epochs), **{k: v for k, v in last.items() if k != "epoch"}}
-    final = _read_json(out / "train" / "result.json")
-    if final:
-        summary.update(final)
+    summary.update(_final_metrics(out / "train" / "weights.safetensors"))
     return summary
+
+
+def _final_metrics(weights: Path) -> dict[str, Any]:
+    """The trainer's final metrics (test figures included) from the card in the weights' header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("card", "{}")).get("metrics", {})
+    except (OSError, ValueError, SafetensorError):  # a report is still written without them
+        return {}
 
 
 def _export_summary(manifest: dict[str, Any] | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ def test_pipeline_runs_every_step_and_resumes_after_a_failure(tmp_path, demo_dat
 
     report = json.loads((out / "report.json").read_text())
     assert report["train"]["epochs"] == 1
+    assert report["train"]["test_top1"] is not None  # the final test figures reach the report
     assert {a["format"] for a in report["export"]["artifacts"]} == {"torchscript", "torch-export"}
     assert report["validate"]["passed"] is True
     assert {r["backend"] for r in report["benchmark"]["results"]} >= {"torchscript", "torch-export"}
