@@ -84,7 +84,11 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Classifier dropout.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
+@click.option("--init", default="kaiming", show_default=True, type=click.Choice(["kaiming", "arch"]),
+              help="Initialisation when training from scratch; 'arch' keeps torchvision's (alexnet) or the "
+                   "paper's (alexnet-2012), which leave AlexNet near chance for hundreds of steps.")
+@click.option("--amp/--no-amp", default=True, show_default=True,
+              help="bf16 autocast on CUDA and on CPUs with bf16 instructions (AMX / AVX512-BF16).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--seed", default=0, show_default=True)

@@ -306,7 +306,7 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     else:  # blotchy low-frequency noise
         small = np.clip(base + rng.integers(-35, 36, (4, 4, 3)), 0, 255).astype(np.uint8)
         arr = np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC), np.float32)
-    arr = arr + rng.normal(0, rng.uniform(2, 8), (size, size, 3))
+    arr = arr + rng.uniform(2, 8) * rng.standard_normal((size, size, 3), dtype=np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -319,13 +319,18 @@ def _contrasting_colour(rng: np.random.Generator, bg: Image.Image) -> tuple[int,
     return tuple(int(v) for v in (255 - mean))
 
 
+# Rotation stays within +-30 degrees: with free rotation a square turns into a diamond and an arrow
+# into a triangle-like blob at 64 px, and AlexNet needed several times the demo's time budget.
+MAX_ROTATION = 30.0
+
+
 def draw_demo_image(shape: str, rng: np.random.Generator, size: int) -> Image.Image:
     """One demo image of `shape`: random colour, scale, position, rotation, background, noise."""
     # Draw at 2x and downsample for anti-aliased edges.
     big = size * 2
     img = _background(rng, big)
     fill = _contrasting_colour(rng, img)
-    r = rng.uniform(0.16, 0.34) * big
+    r = rng.uniform(0.24, 0.38) * big
     cx, cy = (rng.uniform(r * 1.1, big - r * 1.1) for _ in range(2))
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
@@ -343,17 +348,17 @@ def draw_demo_image(shape: str, rng: np.random.Generator, size: int) -> Image.Im
         d.polygon([(cx - 1.95 * rr, cy - rr * 0.1), (cx + 1.95 * rr, cy - rr * 0.1), (cx, cy + 2 * rr)],
                   fill=rgba)
     else:
-        a = rng.uniform(0, 2 * math.pi)
+        a = math.radians(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
         pts = [(cx + x * math.cos(a) - y * math.sin(a), cy + x * math.sin(a) + y * math.cos(a))
                for x, y in _polygon(shape, r)]
         d.polygon(pts, fill=rgba)
     if shape in ("circle", "ring", "crescent", "heart"):
-        layer = layer.rotate(float(rng.uniform(0, 360)), center=(cx, cy))
+        layer = layer.rotate(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), center=(cx, cy))
     img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
     img = img.resize((size, size), Image.LANCZOS)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    arr = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(1, 10), (size, size, 3))
+    arr = np.asarray(img, np.float32) + rng.uniform(1, 10) * rng.standard_normal((size, size, 3), dtype=np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -388,7 +393,7 @@ def make_demo(out: str | os.PathLike, classes: int = 10, per_class: int = 120, s
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 rng = np.random.default_rng([seed, split_idx, c, i])
-                draw_demo_image(shape, rng, size).save(folder / f"{shape}_{i:05d}.png", optimize=False)
+                draw_demo_image(shape, rng, size).save(folder / f"{shape}_{i:05d}.png", compress_level=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.rmdir()

@@ -61,33 +61,38 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str, code: in
 
 
 @pytest.fixture(scope="session")
-def exported_dir(tmp_path_factory, random_weights) -> Path:
-    """`export --formats all` (every format this machine can export, the rest skipped with the
-    reason) at max batch 8 with 32 calibration images. Shared by the whole session: tests that
-    change files must copy it first (shutil.copytree).
-
-    Built from untrained weights: training the demo to decisive logits does not fit the test
-    budget yet (see training.DEMO_RECIPE), so tests that need a model that learned (int8 accuracy
-    checks) skip and say so."""
+def exported_dir(tmp_path_factory, trained_weights) -> Path:
+    """`export --formats all` of the demo recipe's trained model (every format this machine can
+    export, the rest skipped with the reason) at max batch 8 with 32 calibration images. Shared by
+    the whole session: tests that change files must copy it first (shutil.copytree)."""
     from alexnet_deploy.exporters import export_all
 
     out = tmp_path_factory.mktemp("export") / "exported"
-    export_all(random_weights, out, formats=["all"], max_batch=8, calib_images=32, show=False)
+    export_all(trained_weights, out, formats=["all"], max_batch=8, calib_images=32, show=False)
     return out
 
 
-# Epochs of `trained_weights`: the run folder's files are what its tests check, not accuracy.
-TRAINED_EPOCHS = 2
+@pytest.fixture(scope="session")
+def recipe_data(tmp_path_factory) -> Path:
+    """The demo data exactly as `make demo` generates it (training.DEMO_RECIPE["data"])."""
+    from alexnet_deploy.training import DEMO_RECIPE
+
+    return make_demo(tmp_path_factory.mktemp("recipe") / "demo", **DEMO_RECIPE["data"])
 
 
 @pytest.fixture(scope="session")
-def trained_weights(tmp_path_factory, demo_data) -> Path:
-    """A short real training run on `demo_data` at 64 px; the run folder beside the weights holds
-    metrics.jsonl, curves.png and checkpoint.pt."""
-    from alexnet_deploy.training import TrainConfig, fit
+def learned_run(tmp_path_factory, recipe_data):
+    """`make demo`'s training step: DEMO_RECIPE["train"] on `recipe_data` (about 2.5 minutes on two
+    cores). Its weights are the session's trained model: they learned the classes, so int8 and
+    accuracy checks downstream are meaningful."""
+    from alexnet_deploy.training import DEMO_RECIPE, TrainConfig, fit
 
     run = tmp_path_factory.mktemp("train") / "run"
-    result = fit(TrainConfig(data=str(demo_data), out=str(run), image_size=TEST_IMAGE_SIZE,
-                             epochs=TRAINED_EPOCHS, batch_size=40, optimizer="adamw", lr=3e-4,
-                             min_crop_scale=0.6, warmup_epochs=1, workers=0, seed=0, quiet=True))
-    return Path(result.weights)
+    return fit(TrainConfig(data=str(recipe_data), out=str(run), **DEMO_RECIPE["train"], quiet=True))
+
+
+@pytest.fixture(scope="session")
+def trained_weights(learned_run) -> Path:
+    """The learned run's weights; its run folder beside them holds metrics.jsonl, curves.png and
+    checkpoint.pt."""
+    return Path(learned_run.weights)

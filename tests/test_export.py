@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,9 +68,11 @@ def test_int8_records_calibration_and_heldout_agreement(manifest):
     (a,) = manifest.find("onnx", "int8")
     q = a.extra["quantization"]
     assert (q["format"], q["activations"], q["weights"]) == ("QDQ", "int8", "int8 per-channel")
-    # the demo val split holds 40 images: 32 calibrate, the rest are held out
-    assert q["calibration_images"] == 32 and a.extra["heldout_images"] == 8
-    assert 0.0 <= a.extra["heldout_top1_agreement"] <= 1.0
+    # calibration images come from the card's val split; a disjoint part of it is held out
+    n_val = sum(1 for p in Path(manifest.card.data["val"]).rglob("*.png"))
+    assert (q["calibration_images"], a.extra["heldout_images"]) == split_sizes(n_val, 32)
+    # the session's model learned the demo (>= 90 %): int8 must keep its decisions
+    assert a.extra["heldout_top1_agreement"] >= 0.98
     assert a.extra["check"]["atol"] is None  # int8: decisions only, no elementwise limit
 
 

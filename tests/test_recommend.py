@@ -56,9 +56,7 @@ def test_int8_artifacts_agree_with_eager_on_labelled_images(manifest):
     with get_runner("torch-eager")(manifest, manifest.weights_artifact()) as eager:
         ref = eager.infer(val).argmax(1)
     accuracy = float((ref == labelled.labels).mean())
-    if accuracy < 0.5:  # untrained logits are near ties: any rounding flips them, int8 or not
-        pytest.skip(f"the session's weights did not learn the demo classes (val accuracy {accuracy:.0%}); "
-                    "int8 agreement is only meaningful on a model with decisive logits")
+    assert accuracy >= 0.9, "exported_dir's model should have learned the demo classes"
     choices = [c for c in runners_for(manifest) if c.artifact.precision == "int8" and c.available]
     assert choices
     for c in choices:
