@@ -189,7 +189,7 @@ def select_choices(manifest: Manifest, backends: list[str] | None):
 
 def limits_for(precision: str, overrides: dict[str, float | None]) -> Limits:
     """The precision's default limits with the user's overrides. atol/rtol overrides tighten or
-    loosen an elementwise check; they do not add one where the precision has none (int8)."""
+    loosen an elementwise check; they do not add one where the precision has none (int8, bf16)."""
     base = DEFAULT_LIMITS.get(precision, DEFAULT_LIMITS["fp32"])
     kw = dict(overrides)
     if base.atol is None:

