@@ -362,7 +362,7 @@ def draw_demo_image(shape: str, rng: np.random.Generator, size: int) -> Image.Im
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def make_demo(out: str | os.PathLike, classes: int = 10, per_class: int = 120, size: int = 96,
+def make_demo(out: str | os.PathLike, classes: int = 10, per_class: int = 400, size: int = 72,
               seed: int = 0, val_per_class: int | None = None, test_per_class: int | None = None
               ) -> Path:
     """Write a deterministic ImageFolder (train/, val/, test/) of drawn shapes.

@@ -247,3 +247,6 @@ def test_demo_args_file_is_the_demo_recipe(monkeypatch):
     result = CliRunner().invoke(cli, ["train", "--data", "d", "--out", "o", *tokens])
     assert result.exit_code == 0, result.output
     assert {k: parsed[k] for k in DEMO_RECIPE["train"]} == DEMO_RECIPE["train"]
+    # and `data demo` without options writes the recipe's data
+    defaults = {p.name: p.default for p in cli.commands["data"].commands["demo"].params}
+    assert {k: defaults[k] for k in DEMO_RECIPE["data"]} == DEMO_RECIPE["data"]
