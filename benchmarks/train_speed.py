@@ -8,7 +8,12 @@ Variants, measured side by side in one process with the same model, batch and th
 
 Synthetic inputs: this measures the training step (forward, backward, optimizer), not JPEG decoding.
 
+--recipe measures the demo recipe's step instead (64 px, batch 64, AdamW, channels_last), adding one
+change at a time in the order the trainer applies them: foreach -> fused AdamW, + bf16 autocast,
++ glibc keeping freed memory (training.keep_freed_memory; process-wide, so it is measured last).
+
     .venv/bin/python benchmarks/train_speed.py [--batch-size 32] [--steps 6] [--out benchmarks/results]
+    .venv/bin/python benchmarks/train_speed.py --recipe
 """
 
 from __future__ import annotations
@@ -81,6 +86,66 @@ def measure(name: str, *, channels_last: bool, bf16: bool, compile: bool, batch:
     return row
 
 
+def measure_recipe_step(name: str, *, fused: bool, bf16: bool, keep_memory: bool, warmup: int,
+                        steps: int) -> dict:
+    from alexnet_deploy.training import DEMO_RECIPE, keep_freed_memory
+
+    recipe = DEMO_RECIPE["train"]
+    if keep_memory:
+        keep_freed_memory()
+    torch.manual_seed(0)
+    model = build_model("alexnet", 10, dropout=recipe["dropout"], init=recipe["init"])
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], fused=fused, foreach=not fused)
+    batch, size = recipe["batch_size"], recipe["image_size"]
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    times, cpu = [], []
+    for i in range(warmup + steps):
+        t, c = time.perf_counter(), os.times()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            cpu.append(os.times().system - c.system)
+    med = statistics.median(times)
+    row = {"variant": name, "fused_adamw": fused, "bf16_autocast": bf16, "keep_freed_memory": keep_memory,
+           "batch_size": batch, "image_size": size, "step_ms_median": round(1000 * med, 1),
+           "system_ms_per_step": round(1000 * statistics.median(cpu), 1),
+           "images_per_s": round(batch / med, 1), "steps": steps}
+    print(f"{name:36s} {row['step_ms_median']:7.1f} ms/step  {row['images_per_s']:7.1f} img/s  "
+          f"system {row['system_ms_per_step']} ms/step", flush=True)
+    return row
+
+
+def recipe_report(args, machine: dict) -> None:
+    has_bf16 = machine["avx512_bf16"] or machine["amx_bf16"]
+    variants = [("foreach AdamW (session-1 trainer)", False, False, False), ("fused AdamW", True, False, False)]
+    if has_bf16:
+        variants.append(("fused AdamW + bf16 autocast", True, True, False))
+    variants.append(("... + glibc keeps freed memory", True, has_bf16, True))
+    rows = [measure_recipe_step(n, fused=f, bf16=b, keep_memory=k, warmup=args.warmup, steps=args.steps)
+            for n, f, b, k in variants]
+    for r in rows:
+        r["speedup"] = round(rows[0]["step_ms_median"] / r["step_ms_median"], 2)
+    machine["load_average_at_end"] = list(os.getloadavg())
+    report = {"benchmark": "train_speed_recipe", "machine": machine, "versions": library_versions(),
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": rows}
+    md = ("# Training step of the demo recipe (AlexNet, 64 px, batch 64, AdamW, channels_last)\n\n"
+          f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch threads; "
+          f"torch {report['versions'].get('torch')}. Load average at start/end: "
+          f"{machine['load_average_at_start'][0]:.2f} / {machine['load_average_at_end'][0]:.2f}. "
+          "Each row adds one change to the row above; system time is the kernel's share (page faults).\n\n"
+          + markdown_table(["variant", "ms/step", "images/s", "system ms/step", "speed-up"],
+                           [[r["variant"], r["step_ms_median"], r["images_per_s"], r["system_ms_per_step"],
+                             r["speedup"]] for r in rows]))
+    json_path, md_path = write_report(args.out / "train_speed_recipe_cpu.json", report, md)
+    print(f"written {json_path} and {md_path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=32)
@@ -89,6 +154,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads [default: torch's]")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--recipe", action="store_true", help="The demo recipe's step at 64 px instead.")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,6 +171,8 @@ def main() -> None:
                "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
                "mkldnn": torch.backends.mkldnn.is_available(), "platform": platform.platform(),
                "load_average_at_start": list(os.getloadavg())}
+    if args.recipe:
+        return recipe_report(args, machine)
     print(f"{machine['cpu']} | {machine['logical_cpus']} CPUs | {machine['torch_threads']} threads | "
           f"batch {args.batch_size} at {args.image_size} px", flush=True)
     t0 = time.perf_counter()
