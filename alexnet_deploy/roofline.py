@@ -160,6 +160,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX-BF16); elsewhere bf16 is emulated, slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def last_level_cache_bytes() -> int | None:
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     sizes = []
@@ -186,8 +191,7 @@ def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:
         out = {"device": "cpu", "threads": threads, "matmul_n": n}
         out["gflops_fp32"] = _matmul_rate(torch.float32, n, "cpu", 3, lambda: None)
         out["gflops_fp16"] = _matmul_rate(torch.float16, n, "cpu", 1, lambda: None)  # slow on most CPUs
-        flags = cpu_flags()
-        if flags & {"avx512_bf16", "amx_bf16"}:
+        if cpu_has_bf16():
             out["gflops_bf16"] = _matmul_rate(torch.bfloat16, n, "cpu", 3, lambda: None)
         out["gops_int8"] = _matmul_rate(torch.int8, n, "cpu", 3, lambda: None)
         # Larger than the last-level cache so the sum streams from memory, within free RAM.

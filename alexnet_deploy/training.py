@@ -18,7 +18,7 @@ import random
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,8 @@ OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.01, "weight_decay": 5e-4},
 # Measured on 2 CPU cores with AMX (bf16 autocast): about 2 minutes of training, 96.6% val top-1,
 # 95.7% test top-1 (6 epochs give 88%; see train/README.md). The levers, in order of effect: He init
 # (torchvision's leaves AlexNet at chance for ~300 steps), 4000 rather than 1200 training images
-# (the smaller set overfits at ~45%), lr 1e-3 with AdamW, a fused optimizer and glibc keeping freed
-# memory (2.3x faster steps).
+# (the smaller set overfits at ~45%), lr 1e-3 with AdamW; fused AdamW, bf16 autocast and glibc keeping
+# freed memory make each step 2.85x faster (benchmarks/results/train_speed_recipe_cpu.md).
 DEMO_RECIPE: dict[str, dict[str, Any]] = {
     "data": {"classes": 10, "per_class": 400, "size": 72, "seed": 0},
     "train": {"image_size": 64, "epochs": 8, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
@@ -134,7 +134,8 @@ def fit(cfg: TrainConfig) -> TrainResult:
     log = Logger(enabled=env.is_main and not cfg.quiet)
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     try:
-        return _fit(cfg, env, log, t_start)
+        with freed_memory_kept() if env.device.type == "cpu" else nullcontext():
+            return _fit(cfg, env, log, t_start)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
         if env.world_size > 1:
@@ -145,8 +146,6 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
     run = Path(cfg.out)
     device = env.device
     configure_backends(device, cfg.deterministic)
-    if device.type == "cpu":
-        keep_freed_memory()
 
     # Data first: bad folders should fail before anything heavy happens.
     splits = DataSplits.load(cfg, env)
@@ -313,13 +312,9 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from alexnet_deploy.roofline import cpu_has_bf16
+
     return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def cpu_has_bf16() -> bool:
-    from alexnet_deploy.roofline import cpu_flags
-
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,25 +487,36 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = not deterministic
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from handing every large freed block back to the OS.
+@contextmanager
+def freed_memory_kept():
+    """While inside, glibc keeps large freed blocks instead of handing each back to the OS.
 
     Why: each CPU step allocates and frees hundreds of MB (gradients, bf16 copies of the weights).
     By default glibc serves those with mmap and unmaps them on free, so the next step page-faults
-    all of it again: measured 260 -> 150 ms per step at 64 px, system time 190 -> 1 ms. PyTorch's
-    CPU tuning guide suggests jemalloc or tcmalloc for the same reason; this needs no preload.
-    The cost: the process keeps its peak memory until it exits. No-op off glibc."""
+    all of it again: 204 -> 129 ms per step on the demo recipe, system time to ~0
+    (benchmarks/results/train_speed_recipe_cpu.md). PyTorch's CPU tuning guide suggests jemalloc or
+    tcmalloc for the same reason; this needs no preload. On exit the thresholds go back to glibc's
+    defaults and the kept memory is released, so later work in the same process (a benchmark's
+    peak-memory figures) is unaffected. No-op off glibc."""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
+        yield
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     mallopt(m_mmap_threshold, 1 << 30)
     mallopt(m_trim_threshold, 2**31 - 1)
+    try:
+        yield
+    finally:
+        default = 128 << 10  # glibc's initial value of both thresholds
+        mallopt(m_mmap_threshold, default)
+        mallopt(m_trim_threshold, default)
+        malloc_trim(0)
 
 
 def seed_everything(seed: int) -> None:

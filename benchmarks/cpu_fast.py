@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -242,14 +241,9 @@ def run(args, work: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.work_dir:
-        os.makedirs(args.work_dir, exist_ok=True)
-        run(args, args.work_dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="alexnet-cpu-fast-") as tmp:
-            run(args, Path(tmp))
-    return 0
+    from suite import run_in_work_dir
+
+    return run_in_work_dir(run, parse_args(argv), "alexnet-cpu-fast-")
 
 
 if __name__ == "__main__":

@@ -91,22 +91,27 @@ def run(args, work: Path) -> Path:
     return paths[0]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_in_work_dir(run_fn, args, prefix: str) -> int:
+    """Call run_fn(args, folder) in --work-dir (kept) or a temporary folder; a UserError or a
+    --reuse-export without --work-dir is one line on stderr and exit code 2."""
     if args.reuse_export and not args.work_dir:
         print("error: --reuse-export needs --work-dir (the folder of an earlier run)", file=sys.stderr)
         return 2
     try:
         if args.work_dir:
             os.makedirs(args.work_dir, exist_ok=True)
-            run(args, args.work_dir)
+            run_fn(args, args.work_dir)
         else:
-            with tempfile.TemporaryDirectory(prefix="alexnet-suite-") as tmp:
-                run(args, Path(tmp))
+            with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+                run_fn(args, Path(tmp))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None) -> int:
+    return run_in_work_dir(run, parse_args(argv), "alexnet-suite-")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Variants, measured side by side in one process with the same model, batch and th
 Synthetic inputs: this measures the training step (forward, backward, optimizer), not JPEG decoding.
 
 --recipe measures the demo recipe's step instead (64 px, batch 64, AdamW, channels_last), adding one
-change at a time in the order the trainer applies them: foreach -> fused AdamW, + bf16 autocast,
-+ glibc keeping freed memory (training.keep_freed_memory; process-wide, so it is measured last).
+change at a time: foreach -> fused AdamW, + bf16 autocast, + glibc keeping freed memory
+(training.freed_memory_kept, as fit() applies it on CPU).
 
     .venv/bin/python benchmarks/train_speed.py [--batch-size 32] [--steps 6] [--out benchmarks/results]
     .venv/bin/python benchmarks/train_speed.py --recipe
@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 
 from alexnet_deploy.model import build_model
 from alexnet_deploy.report import markdown_table, write_report
-from alexnet_deploy.roofline import cpu_flags
+from alexnet_deploy.roofline import cpu_flags, cpu_has_bf16
 from alexnet_deploy.training import TrainConfig, make_optimizer
 from alexnet_deploy.utils import library_versions
 
@@ -88,11 +89,9 @@ def measure(name: str, *, channels_last: bool, bf16: bool, compile: bool, batch:
 
 def measure_recipe_step(name: str, *, fused: bool, bf16: bool, keep_memory: bool, warmup: int,
                         steps: int) -> dict:
-    from alexnet_deploy.training import DEMO_RECIPE, keep_freed_memory
+    from alexnet_deploy.training import DEMO_RECIPE, freed_memory_kept
 
     recipe = DEMO_RECIPE["train"]
-    if keep_memory:
-        keep_freed_memory()
     torch.manual_seed(0)
     model = build_model("alexnet", 10, dropout=recipe["dropout"], init=recipe["init"])
     model = model.to(memory_format=torch.channels_last).train()
@@ -101,16 +100,17 @@ def measure_recipe_step(name: str, *, fused: bool, bf16: bool, keep_memory: bool
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     times, cpu = [], []
-    for i in range(warmup + steps):
-        t, c = time.perf_counter(), os.times()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-            cpu.append(os.times().system - c.system)
+    with freed_memory_kept() if keep_memory else nullcontext():
+        for i in range(warmup + steps):
+            t, c = time.perf_counter(), os.times()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+                cpu.append(os.times().system - c.system)
     med = statistics.median(times)
     row = {"variant": name, "fused_adamw": fused, "bf16_autocast": bf16, "keep_freed_memory": keep_memory,
            "batch_size": batch, "image_size": size, "step_ms_median": round(1000 * med, 1),
@@ -122,7 +122,7 @@ def measure_recipe_step(name: str, *, fused: bool, bf16: bool, keep_memory: bool
 
 
 def recipe_report(args, machine: dict) -> None:
-    has_bf16 = machine["avx512_bf16"] or machine["amx_bf16"]
+    has_bf16 = cpu_has_bf16()
     variants = [("foreach AdamW (session-1 trainer)", False, False, False), ("fused AdamW", True, False, False)]
     if has_bf16:
         variants.append(("fused AdamW + bf16 autocast", True, True, False))
@@ -160,7 +160,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     flags = cpu_flags()
-    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    has_bf16 = cpu_has_bf16()
     variants = [("fp32", False, False, False), ("channels_last", True, False, False)]
     if has_bf16:
         variants += [("channels_last+bf16", True, True, False), ("channels_last+bf16+compile", True, True, True)]

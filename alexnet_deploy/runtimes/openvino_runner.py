@@ -13,8 +13,6 @@ import numpy as np
 from alexnet_deploy.manifest import Artifact
 from alexnet_deploy.runtimes.base import Runner, register_runner
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
 
 def openvino_unavailable_reason() -> str | None:
     if importlib.util.find_spec("openvino") is None:
@@ -77,10 +75,10 @@ class OpenVinoBf16Runner(OpenVinoRunner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        from alexnet_deploy.roofline import cpu_flags
+        from alexnet_deploy.roofline import cpu_has_bf16
 
         reason = openvino_unavailable_reason()
-        if reason is None and not cpu_flags() & set(BF16_FLAGS):
+        if reason is None and not cpu_has_bf16():
             reason = ("this CPU has no bf16 units (neither avx512_bf16 nor amx_bf16); OpenVINO would "
                       "emulate bf16 more slowly than fp32")
         return reason
