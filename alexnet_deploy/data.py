@@ -1,4 +1,4 @@
-"""Data: ImageFolder loading with clear errors, torchvision transforms.v2 presets, demo data.
+"""Data: our ImageFolder (scan, decoding, clear errors), torchvision transforms.v2 presets, demo data.
 
 Data folders come in two shapes, both accepted everywhere:
   ROOT/train/<class>/*, ROOT/val/<class>/*, optionally ROOT/test/<class>/*   (a split root)
@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
-from torchvision import datasets
+from PIL import Image, ImageDraw, ImageFilter
 from torchvision.transforms import v2
 
 from alexnet_deploy.errors import UserError
@@ -28,10 +30,36 @@ SPLITS = ("train", "val", "test")
 # ---------------------------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------------------------
+# The largest image the eval resize may produce. Resizing the short side of a thin image (1 x 200000)
+# to 73 px makes it 73 x 14.6 M: a 663-byte file asked for 5-16 GB. 2^25 pixels (about 100 MB as
+# uint8 RGB, 400 MB as float) still lets a 256 px resize keep a 512:1 panorama.
+MAX_RESIZED_PIXELS = 1 << 25
+
+
+class ImageTooLarge(UserError):
+    """An image the preprocessing refuses to resize (no file name: the caller adds it)."""
+
+
+class BoundedResize(v2.Resize):
+    """v2.Resize of the short side that refuses, before allocating, an output over
+    MAX_RESIZED_PIXELS (the aspect ratio decides it, not the file size)."""
+
+    def forward(self, *inputs):
+        h, w = v2.functional.get_size(inputs[0])
+        short, long = sorted((h, w))
+        side = self.size[0]
+        pixels = side * int(side * long / max(short, 1))
+        if pixels > MAX_RESIZED_PIXELS:
+            raise ImageTooLarge(f"image {w} x {h}: its aspect ratio makes the resized image {pixels} "
+                                f"pixels (limit {MAX_RESIZED_PIXELS}); crop it first")
+        return super().forward(*inputs)
+
+
 def train_transform(size: int, mean, std, color_jitter: float = 0.0, min_scale: float = 0.08
                     ) -> v2.Compose:
     """RandomResizedCrop + flip (+ jitter). `min_scale` is the smallest crop area kept; torchvision's
-    0.08 suits ImageNet, small objects (the demo's shapes) need larger crops to stay in view."""
+    0.08 suits ImageNet, small objects (the demo's shapes) need larger crops to stay in view.
+    (The crop comes before the resize, so no image is ever enlarged beyond size x size.)"""
     ops = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
            v2.RandomHorizontalFlip()]
     if color_jitter > 0:
@@ -43,7 +71,7 @@ def train_transform(size: int, mean, std, color_jitter: float = 0.0, min_scale: 
 def eval_transform(resize: int, crop: int, mean, std) -> v2.Compose:
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize(resize, antialias=True),
+        BoundedResize(resize, antialias=True),
         v2.CenterCrop(crop),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
@@ -56,15 +84,84 @@ def card_transform(card) -> v2.Compose:
     return eval_transform(i.resize, i.crop, i.mean, i.std)
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-def load_image(path: str) -> Image.Image:
-    """PIL loader that turns a corrupt file into a UserError naming it."""
+def apply_transform(transform, image: Image.Image, path: str):
+    """`transform(image)`, with the file named in a refusal of the image's size."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return transform(image)
+    except ImageTooLarge as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+def warn(message: str) -> None:
+    """One line on stderr; the command goes on."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any decoded image -> 8-bit RGB, scaling high bit depths by their value range (the rule a C++
+    reader must copy to match):
+
+    - 16-bit grayscale (PIL modes I;16, I;16B, I;16L, I;16N) and 32-bit integer (mode I, read as
+      16-bit values, clipped to 0..65535): v8 = round(v * 255 / 65535). PIL's convert("RGB") clips
+      these at 255 instead, which turned every 16-bit image white.
+    - 32-bit float (mode F): by the image's largest finite value: max <= 1 -> v * 255 (a [0, 1]
+      image); max <= 255 -> v (already 8-bit values); otherwise v * 255 / 65535 (16-bit values);
+      then rounded and clipped to 0..255. NaN and +-Inf become 0.
+    - 16-bit colour PNGs (RGB, RGBA, gray+alpha) reach us from Pillow's decoder already as 8-bit:
+      it keeps the high byte (v >> 8), at most one level below the rule above.
+    - Everything else (palette, L, LA, RGBA, CMYK, 1-bit, YCbCr) is PIL's convert("RGB"): alpha is
+      dropped, as torchvision's loader does.
+    EXIF orientation is not applied (torchvision's loader ignores it too, so training and inference
+    agree); a phone photo stored sideways is classified sideways.
+    """
+    if img.mode in SIXTEEN_BIT_MODES:
+        v = np.clip(np.asarray(img), 0, 65535).astype(np.int32)
+        # round(v / 257) for integers: v / 257 is never exactly k + 0.5, so no tie rule is needed
+        return Image.fromarray(((v + 128) // 257).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        return Image.fromarray(float_to_8bit(np.asarray(img, np.float32))).convert("RGB")
+    return img.convert("RGB")
+
+
+def float_to_8bit(a: np.ndarray) -> np.ndarray:
+    """The mode-F rule of `to_rgb8`."""
+    a = np.where(np.isfinite(a), a, 0).astype(np.float32)
+    top = float(a.max()) if a.size else 0.0
+    scale = 255.0 if top <= 1 else 1.0 if top <= 255 else 255.0 / 65535.0
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode `path` to 8-bit RGB (see to_rgb8); every way a file can fail is one UserError naming it.
+
+    Decompression bombs: Pillow's own limit is kept (Image.MAX_IMAGE_PIXELS, 89.5 M pixels by
+    default): over twice that the image is refused before decoding; between 1x and 2x it decodes,
+    with our one-line warning instead of Pillow's two-line DecompressionBombWarning.
+    """
+    from alexnet_deploy.preprocess import image_path_problem
+
+    problem = image_path_problem(path)
+    if problem:
+        raise UserError(problem)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if caught:
+                    w, h = img.size
+                    warn(f"{path} is {w} x {h} ({w * h} pixels), over Pillow's decompression-bomb "
+                         f"limit Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; decoding it anyway")
+                return to_rgb8(img)
+    except Image.DecompressionBombError as e:
+        raise UserError(f"cannot read image {path}: {e} (Pillow's limit: twice Image.MAX_IMAGE_PIXELS "
+                        f"= {Image.MAX_IMAGE_PIXELS}); shrink the image") from None
+    except Exception as e:  # any decoder failure on an untrusted file: name the file, no traceback
         raise UserError(f"cannot read image {path} ({e.__class__.__name__}); remove or replace it") \
             from None
 
@@ -95,18 +192,114 @@ def find_split(root: str | os.PathLike, split: str) -> Path | None:
     return resolve_split(root, split)
 
 
-def check_class_folders(path: Path) -> list[str]:
-    """Class names of an ImageFolder directory, with one clear error for each way it can be wrong."""
+# ---------------------------------------------------------------------------------------------
+# Folder scanning: our rules, used by every split (train, val, test, calibration)
+# ---------------------------------------------------------------------------------------------
+# Hidden entries are never classes or images: dot-names (.ipynb_checkpoints, .DS_Store, AppleDouble
+# ._* files, .cache, .thumbs) and macOS archive leftovers. torchvision's scan counts hidden folders
+# as classes, which shifted every label of a val/ with a .thumbs folder by one.
+HIDDEN_NAMES = frozenset({"__MACOSX"})
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in HIDDEN_NAMES
+
+
+def visible_dirs(path: Path) -> list[str]:
+    """Sorted names of the non-hidden folders in `path` (a class folder may itself be a symlink)."""
+    return sorted(d.name for d in path.iterdir() if not is_hidden(d.name) and d.is_dir())
+
+
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every image under `folder`, in torchvision's order (folders sorted, then names sorted).
+
+    Symlink rule: `folder` itself may be a symlink, and symlinked image files are read, but symlinked
+    folders below it are never entered (os.walk(followlinks=False)). So a link back up
+    (`circle/loop -> ..`) or a cycle cannot repeat or mislabel images. Images are known by
+    extension, case-insensitively; hidden files and folders are skipped, broken links ignored.
+    """
+    walked = []
+    for root, dirs, files in os.walk(str(folder), followlinks=False):
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        walked.append((root, files))
+    out = []
+    for root, files in sorted(walked):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):
+                out.append(path)
+    return out
+
+
+@dataclass
+class FolderScan:
+    """A folder of class folders as we read it: class names (sorted) and each class's images."""
+
+    root: Path
+    files: dict[str, list[str]]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.files)
+
+    @property
+    def count(self) -> int:
+        return sum(map(len, self.files.values()))
+
+
+def scan_class_folders(path: Path) -> FolderScan:
+    """Class folders of `path` and their images, with one clear error for each way it can be wrong."""
     if not path.is_dir():
         raise UserError(f"data folder not found: {path}")
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    names = visible_dirs(path)
+    if not names:
         raise UserError(f"{path} has no class folders (expected {path}/<class>/<images>)")
-    for c in classes:
-        if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in (path / c).rglob("*") if f.is_file()):
+    files = {}
+    for c in names:
+        files[c] = image_files(path / c)
+        if not files[c]:
             raise UserError(f"class folder {path / c} holds no images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
-    return classes
+    return FolderScan(path, files)
+
+
+def check_class_folders(path: Path) -> list[str]:
+    """Class names of a folder of class folders (see scan_class_folders)."""
+    return scan_class_folders(Path(path)).classes
+
+
+def _class_difference(expected: list[str], found: list[str]) -> str:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    return f"missing: {missing or 'none'}, unexpected: {extra or 'none'}"
+
+
+class ImageFolderData(torch.utils.data.Dataset):
+    """Our ImageFolder: (transformed image, label) pairs from a FolderScan.
+
+    Same attributes as torchvision's ImageFolder (classes, class_to_idx, samples, targets), but the
+    scan is ours (hidden entries and folder symlinks, see image_files) and the label of a class is
+    its index in `classes` as given, so a model card's order is kept.
+    """
+
+    def __init__(self, scan: FolderScan, classes: list[str], transform=None, loader=None) -> None:
+        self.root = str(scan.root)
+        self.classes = list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(p, self.class_to_idx[c]) for c in scan.classes for p in scan.files[c]]
+        self.targets = [y for _, y in self.samples]
+        self.transform = transform
+        self.loader = loader or load_image
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = self.loader(path)
+        if self.transform is not None:
+            image = apply_transform(self.transform, image, path)
+        return image, label
 
 
 class CachedLoader:
@@ -123,27 +316,32 @@ class CachedLoader:
 
 
 def folder_bytes(path: str | os.PathLike) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of the images the scan would read (not following folder symlinks)."""
+    return sum(os.path.getsize(p) for p in image_files(path))
 
 
 def image_folder(path: str | os.PathLike, transform=None, classes: list[str] | None = None,
-                 cache: bool = False) -> datasets.ImageFolder:
-    """torchvision ImageFolder with our checks; `classes`, when given, must match exactly."""
+                 cache: bool = False) -> ImageFolderData:
+    """The images of a folder of class folders; `classes`, when given, must be the same set, and
+    labels are indices into it (its order, e.g. a model card's)."""
     path = Path(path)
-    found = check_class_folders(path)
-    if classes is not None and found != list(classes):
-        missing = sorted(set(classes) - set(found))
-        extra = sorted(set(found) - set(classes))
+    scan = scan_class_folders(path)
+    if classes is not None and sorted(scan.classes) != sorted(classes):
         raise UserError(f"{path} has different classes than expected "
-                        f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})")
-    return datasets.ImageFolder(str(path), transform=transform, loader=CachedLoader() if cache else load_image,
-                                is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+                        f"({_class_difference(list(classes), scan.classes)})")
+    return ImageFolderData(scan, list(classes) if classes is not None else scan.classes,
+                           transform=transform, loader=CachedLoader() if cache else load_image)
+
+
+MIN_TRAIN_CLASSES = 2
 
 
 def training_splits(root: str | os.PathLike) -> tuple[Path, Path, Path | None]:
     """train/, val/ and the optional test/ of a split root, with their class lists checked equal.
 
-    The trainer needs all three roles kept apart, so a bare folder of class folders is refused.
+    The trainer needs all three roles kept apart, so a bare folder of class folders is refused; so
+    is a single class (a 1-class "classifier" scores 100% and learns nothing). A split where a class
+    holds a single image is accepted with a one-line warning: its per-class results are noise.
     """
     root = Path(root)
     if not root.is_dir():
@@ -153,15 +351,18 @@ def training_splits(root: str | os.PathLike) -> tuple[Path, Path, Path | None]:
             raise UserError(f"{root} has no {split}/ folder; training needs {root}/train/<class>/<images> "
                             f"and {root}/val/<class>/<images> (try `alexnet-deploy data demo --out DIR`)")
     test = root / "test" if (root / "test").is_dir() else None
-    classes = check_class_folders(root / "train")
-    for split in (root / "val", test):
-        if split is not None:
-            found = check_class_folders(split)
-            if found != classes:
-                missing = sorted(set(classes) - set(found))
-                extra = sorted(set(found) - set(classes))
-                raise UserError(f"{split} has different classes than {root / 'train'} "
-                                f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})")
+    train = scan_class_folders(root / "train")
+    if len(train.classes) < MIN_TRAIN_CLASSES:
+        raise UserError(f"training needs at least {MIN_TRAIN_CLASSES} classes; {root / 'train'} has "
+                        f"{len(train.classes)} ({', '.join(train.classes)}): add a folder per class")
+    for split in (train, *(scan_class_folders(s) for s in (root / "val", test) if s is not None)):
+        if split.classes != train.classes:
+            raise UserError(f"{split.root} has different classes than {root / 'train'} "
+                            f"({_class_difference(train.classes, split.classes)})")
+        single = [c for c, files in split.files.items() if len(files) == 1]
+        if single:
+            warn(f"{split.root}: {len(single)} of {len(split.classes)} classes hold a single image "
+                 f"({', '.join(single[:3])}{', ...' if len(single) > 3 else ''}); its metrics are noise")
     return root / "train", root / "val", test
 
 
@@ -186,44 +387,63 @@ class LabelledBatch:
     paths: list[str]
 
 
+def balanced_subset(groups: list[list[int]], limit: int | None, seed: int) -> list[int]:
+    """Up to `limit` of the indices in `groups` (all when None), sorted: a seeded shuffle of each
+    group, then round-robin over the groups, so small limits still cover every group (class)."""
+    total = sum(map(len, groups))
+    if limit is None or limit >= total:
+        return sorted(i for g in groups for i in g)
+    rng = random.Random(seed)
+    groups = [list(g) for g in groups]
+    for g in groups:
+        rng.shuffle(g)
+    indices, k = [], 0
+    while len(indices) < limit:
+        for g in groups:
+            if k < len(g) and len(indices) < limit:
+                indices.append(g[k])
+        k += 1
+    return sorted(indices)
+
+
+def preprocess_paths(paths: list[str], transform, shape) -> np.ndarray:
+    """Image files -> one float32 NCHW batch (shape (0, *shape) for none)."""
+    if not paths:
+        return np.zeros((0, *shape), np.float32)
+    return np.stack([apply_transform(transform, load_image(p), p).numpy() for p in paths]).astype(np.float32)
+
+
 def load_labelled(root: str | os.PathLike, card, limit: int | None = None, split: str = "val",
                   seed: int = 0) -> LabelledBatch:
-    """Up to `limit` preprocessed images of a split, classes checked against the card.
-
-    Picks a class-balanced, seeded subset so small limits still cover every class.
-    """
-    ds = image_folder(resolve_split(root, split), transform=card_transform(card), classes=card.classes)
-    indices = list(range(len(ds)))
-    if limit is not None and limit < len(ds):
-        rng = random.Random(seed)
-        by_class: dict[int, list[int]] = {}
-        for i, (_, y) in enumerate(ds.samples):
-            by_class.setdefault(y, []).append(i)
-        for v in by_class.values():
-            rng.shuffle(v)
-        # round-robin over classes
-        indices, k = [], 0
-        while len(indices) < limit:
-            for v in by_class.values():
-                if k < len(v) and len(indices) < limit:
-                    indices.append(v[k])
-            k += 1
-        indices.sort()
-    images = np.stack([ds[i][0].numpy() for i in indices]).astype(np.float32) if indices else \
-        np.zeros((0, *card.input.shape), np.float32)
+    """Up to `limit` preprocessed images of a split, classes checked against the card; labels are
+    indices into card.classes. A class-balanced, seeded subset (see balanced_subset)."""
+    ds = image_folder(resolve_split(root, split), classes=card.classes)
+    by_class: dict[int, list[int]] = {}
+    for i, (_, y) in enumerate(ds.samples):
+        by_class.setdefault(y, []).append(i)
+    indices = balanced_subset(list(by_class.values()), limit, seed)
+    paths = [ds.samples[i][0] for i in indices]
+    images = preprocess_paths(paths, card_transform(card), card.input.shape)
     labels = np.array([ds.samples[i][1] for i in indices], dtype=np.int64)
-    return LabelledBatch(images, labels, [ds.samples[i][0] for i in indices])
+    return LabelledBatch(images, labels, paths)
+
+
+def representative_images(folder: str | os.PathLike) -> list[list[str]]:
+    """Images of any folder, labelled or not, grouped for balanced picking: the images directly in
+    it (a flat folder) are one group, each visible subfolder (a class folder, whatever its name)
+    another. Same hidden-entry and symlink rules as image_files."""
+    folder = Path(folder)
+    flat = [str(folder / n) for n in sorted(os.listdir(folder)) if not is_hidden(n)
+            and n.lower().endswith(IMAGE_EXTENSIONS) and (folder / n).is_file()]
+    groups = [flat] + [image_files(folder / d) for d in visible_dirs(folder)]
+    return [g for g in groups if g]
 
 
 def preprocess_files(paths: list[str | os.PathLike], card) -> np.ndarray:
     """Image files -> float32 NCHW batch with the card's preprocessing."""
-    tf = card_transform(card)
-    out = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise UserError(f"image not found: {p}")
-        out.append(tf(load_image(str(p))).numpy())
-    return np.stack(out).astype(np.float32)
+    if not paths:
+        raise UserError("give at least one image")
+    return preprocess_paths([str(p) for p in paths], card_transform(card), card.input.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +582,36 @@ def draw_demo_image(shape: str, rng: np.random.Generator, size: int) -> Image.Im
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
+DEMO_MAX_SIZE = 1024  # 1024 px PNGs; --size 60000 asked numpy for 215 GiB
+DEMO_MAX_PER_CLASS = 100_000
+
+
+def _check_demo_args(classes: int, per_class: int, size: int, seed: int,
+                     held: dict[str, int | None]) -> None:
+    """Every argument checked before anything is written (the CLI's ranges say the same)."""
+    if not 2 <= classes <= len(DEMO_SHAPES):
+        raise UserError(f"--classes must be between 2 and {len(DEMO_SHAPES)}, got {classes}")
+    if not 1 <= per_class <= DEMO_MAX_PER_CLASS:
+        raise UserError(f"--per-class must be >= 1 and <= {DEMO_MAX_PER_CLASS}, got {per_class}")
+    if not 32 <= size <= DEMO_MAX_SIZE:
+        raise UserError(f"--size must be >= 32 and <= {DEMO_MAX_SIZE} pixels, got {size}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    for name, n in held.items():
+        if n is not None and not 1 <= n <= DEMO_MAX_PER_CLASS:
+            raise UserError(f"{name} must be >= 1 and <= {DEMO_MAX_PER_CLASS}, got {n}")
+
+
+def _check_demo_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose another --out or remove it")
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--out {out}: {above} is a file, not a folder; choose another --out")
+
+
 def make_demo(out: str | os.PathLike, classes: int = 10, per_class: int = 400, size: int = 72,
               seed: int = 0, val_per_class: int | None = None, test_per_class: int | None = None
               ) -> Path:
@@ -369,33 +619,34 @@ def make_demo(out: str | os.PathLike, classes: int = 10, per_class: int = 400, s
 
     `per_class` is the train count per class; val and test default to a quarter of it (min 4).
     Each image's randomness comes from (seed, split, class, index), so any subset regenerates
-    identically whatever the other arguments are.
+    identically whatever the other arguments are. The images are drawn in a hidden `.OUT.partial`
+    folder beside OUT, which is removed if anything fails, and moved into place at the end.
     """
-    if not 2 <= classes <= len(DEMO_SHAPES):
-        raise UserError(f"--classes must be between 2 and {len(DEMO_SHAPES)}, got {classes}")
-    if per_class < 1:
-        raise UserError(f"--per-class must be >= 1, got {per_class}")
-    if size < 32:
-        raise UserError(f"--size must be >= 32 pixels, got {size}")
+    _check_demo_args(classes, per_class, size, seed,
+                     {"val_per_class": val_per_class, "test_per_class": test_per_class})
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose another --out or remove it")
+    _check_demo_out(out)
     held = max(4, per_class // 4)
     counts = {"train": per_class, "val": val_per_class or held, "test": test_per_class or held}
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    for split_idx, (split, n) in enumerate(counts.items()):
-        for c, shape in enumerate(DEMO_SHAPES[:classes]):
-            folder = tmp / split / shape
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, split_idx, c, i])
-                draw_demo_image(shape, rng, size).save(folder / f"{shape}_{i:05d}.png", compress_level=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    full = out.absolute()  # `--out .` has no name of its own
+    tmp = full.with_name(f".{full.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover of an earlier, killed run
+    try:
+        for split_idx, (split, n) in enumerate(counts.items()):
+            for c, shape in enumerate(DEMO_SHAPES[:classes]):
+                folder = tmp / split / shape
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    rng = np.random.default_rng([seed, split_idx, c, i])
+                    draw_demo_image(shape, rng, size).save(folder / f"{shape}_{i:05d}.png", compress_level=1)
+        if full.is_dir():  # an existing empty folder (possibly the current one): move the splits in
+            for split in counts:
+                os.replace(tmp / split, full / split)
+            tmp.rmdir()
+        else:
+            full.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, full)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

@@ -7,6 +7,7 @@ the batch is made by the same transform that validate and predict use.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
     card_path = Path(card)
     if not card_path.exists():
         raise UserError(f"--card {card_path} not found: pass an export folder or a weights file")
-    missing = [str(p) for p in images if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"image not found: {', '.join(missing)}")
+    for p in images:
+        problem = image_path_problem(p)
+        if problem:
+            raise UserError(problem)
     # torch and torchvision load only now, so the checks above answer at once.
     from alexnet_deploy.data import preprocess_files
     from alexnet_deploy.model import read_card
@@ -42,3 +44,19 @@ def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
             np.save(f, batch, allow_pickle=False)
     print(f"wrote {out}: float32 {'x'.join(map(str, batch.shape))} (NCHW)")
     return out
+
+
+def image_path_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be an image file (missing, a folder, a FIFO or device), or None.
+    Checked before opening: reading a FIFO would block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"image not found: {path}"
+    except OSError as e:
+        return f"cannot read image {path}: {e.strerror or e.__class__.__name__}"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder, not an image; pass image files"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a pipe or device?); pass image files"
+    return None

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
 
-from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
+from alexnet_deploy.data import check_class_folders, resolve_split
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import EXPORTERS, ExportContext, check_artifact, plan_formats
 from alexnet_deploy.exporters.calibration import split_sizes
@@ -206,7 +206,7 @@ def test_help_lists_the_registered_formats():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing-weights", "corrupt-weights", "unknown-format", "opset", "max-batch",
-                                  "not-empty", "calib-missing", "calib-classes"])
+                                  "not-empty", "calib-missing", "calib-no-images"])
 def test_bad_input_is_one_clear_line(case, random_weights, tmp_path, demo_data):
     out = tmp_path / "out"
     args = [random_weights, "--out", out, "--formats", "onnx"]
@@ -232,10 +232,11 @@ def test_bad_input_is_one_clear_line(case, random_weights, tmp_path, demo_data):
     elif case == "calib-missing":
         args += ["--calib-data", tmp_path / "no-such-dir"]
         needles = ("--calib-data", "not found")
-    else:  # a folder whose classes are not the model's
-        other = make_demo(tmp_path / "other", classes=3, per_class=1, size=32)
-        args += ["--calib-data", other]
-        needles = ("--calib-data", "different classes")
+    else:  # a folder without images (other class names are fine: calibration needs no labels)
+        (tmp_path / "other" / "cls").mkdir(parents=True)
+        (tmp_path / "other" / "cls" / "notes.txt").write_text("not an image")
+        args += ["--calib-data", tmp_path / "other"]
+        needles = ("--calib-data", "holds no images")
     proc = run_cli("export", *args)
     assert_user_error(proc, *needles)
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -182,8 +182,9 @@ PERCENTILE = 99.99
 QUANT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": PERCENTILE}
 
 
-def quantize_int8(ctx: ExportContext, fp32_path: Path) -> Artifact:
-    import onnx
+def quantize_static_int8(fp32_path: Path, dst: Path, calib: np.ndarray, batch: int) -> None:
+    """ONNX Runtime's pre-processing and static QDQ quantization of `fp32_path` into `dst`,
+    calibrated on `calib` in uniform batches of at most `batch` (scratch files beside `dst`)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -192,18 +193,25 @@ def quantize_int8(ctx: ExportContext, fp32_path: Path) -> Artifact:
         quantize_static,
     )
 
+    pre = dst.with_name(f".pre-{dst.name}")
+    quant_pre_process(str(fp32_path), str(pre))
+    quantize_static(str(pre), str(dst), _Reader(calib, batch=batch),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.Percentile, extra_options=QUANT_OPTIONS)
+
+
+def quantize_int8(ctx: ExportContext, fp32_path: Path) -> Artifact:
+    import onnx
+
     from alexnet_deploy.exporters.calibration import load_calibration
 
     started = time.perf_counter()
     data = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images)
     final = ctx.out / FILES["int8"]
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=ctx.out) as work:
-        pre, quant = Path(work) / "pre.onnx", Path(work) / "quant.onnx"
-        quant_pre_process(str(fp32_path), str(pre))
-        quantize_static(str(pre), str(quant), _Reader(data.calib, batch=min(16, ctx.max_batch)),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.Percentile, extra_options=QUANT_OPTIONS)
+        quant = Path(work) / "quant.onnx"
+        quantize_static_int8(fp32_path, quant, data.calib, batch=min(16, ctx.max_batch))
         publish(onnx.load(str(quant)), final, ctx.card, "int8")
     agreement = top1_agreement(fp32_path, final, data.heldout, batch=ctx.max_batch)
     return ctx.artifact(final, "onnx", "int8", started, input_name=INPUT, output_name=OUTPUT,
@@ -217,10 +225,13 @@ def quantize_int8(ctx: ExportContext, fp32_path: Path) -> Artifact:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol: feeds batches, then None."""
+    """onnxruntime's CalibrationDataReader protocol: feeds batches of one size (see
+    calibration.uniform_batch), then None."""
 
     def __init__(self, images: np.ndarray, batch: int) -> None:
-        self._batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+        from alexnet_deploy.exporters.calibration import calibration_batches
+
+        self._batches = iter(calibration_batches(images, batch))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         b = next(self._batches, None)
