@@ -5,13 +5,18 @@ Library modules are imported inside the commands so `--help` stays instant.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import click
 
-from alexnet_deploy.errors import CheckFailed, UserError
+from alexnet_deploy.errors import expected_failure, internal_error_line
+
+DEBUG_ENV = "ALEXNET_DEPLOY_DEBUG"
+_debug = {"on": os.environ.get(DEBUG_ENV, "") not in ("", "0")}
 
 
 def _csv(kind):
@@ -26,6 +31,17 @@ def _csv(kind):
     return convert
 
 
+def _format_names(value: str | None, option: str = "--formats") -> list[str] | None:
+    """Comma-separated format names; a value with no names (',' or '') is a usage error, not 'all'."""
+    if value is None:
+        return None
+    names = [f.strip() for f in value.split(",") if f.strip()]
+    if not names:
+        raise click.UsageError(f"{option} {value!r} names no format; pass names such as "
+                               "onnx,torchscript or 'all'")
+    return names
+
+
 def _positive_ints(ctx, param, value):
     values = _csv(int)(ctx, param, value)
     if values is not None and any(v < 1 for v in values):
@@ -35,8 +51,12 @@ def _positive_ints(ctx, param, value):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="alexnet-deploy")
-def cli() -> None:
+@click.option("--debug", is_flag=True,
+              help=f"Show the Python traceback of a failure (also: {DEBUG_ENV}=1).")
+def cli(debug: bool) -> None:
     """Train AlexNet, export it to every deployment format, validate and benchmark the artifacts."""
+    if debug:
+        _debug["on"] = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,15 +69,20 @@ def data() -> None:
 
 @data.command("demo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--classes", default=10, show_default=True, help="Number of shape classes (2-12).")
+@click.option("--classes", default=10, show_default=True, type=click.IntRange(2, 12),
+              help="Number of shape classes.")
 # Defaults are training.DEMO_RECIPE["data"] (not imported here: --help stays instant; a test keeps them equal).
-@click.option("--per-class", default=400, show_default=True,
+@click.option("--per-class", default=400, show_default=True, type=click.IntRange(1, 100_000),
               help="Training images per class; val/ and test/ get a quarter of it each.")
-@click.option("--size", default=72, show_default=True, help="Image side in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--size", default=72, show_default=True, type=click.IntRange(32, 1024),
+              help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def data_demo(out, classes, per_class, size, seed):
     """Write a deterministic ImageFolder (train/ val/ test/) of drawn shapes."""
     from alexnet_deploy.data import make_demo
+    from alexnet_deploy.utils import check_output_dir
+
+    check_output_dir(out, staged=True)
 
     path = make_demo(out, classes=classes, per_class=per_class, size=size, seed=seed)
     click.echo(f"demo data written to {path}")
@@ -74,8 +99,9 @@ def data_demo(out, classes, per_class, size, seed):
               type=click.Choice(["alexnet", "alexnet-2012"]))
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=None, type=float, help="Peak learning rate [default: per optimizer].")
-@click.option("--weight-decay", default=None, type=float)
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate [default: per optimizer].")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0))
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1))
@@ -92,7 +118,7 @@ def data_demo(out, classes, per_class, size, seed):
               help="bf16 autocast on CUDA and on CPUs with bf16 instructions (AMX / AVX512-BF16).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--weights", default=None, help="Start from these weights (.safetensors, .pth or 'torchvision').")
 @click.option("--deterministic", is_flag=True, help="Bitwise-reproducible kernels (slower).")
@@ -139,8 +165,7 @@ def export(weights, out, formats, **kwargs):
     """Export WEIGHTS (our .safetensors, a torchvision .pth, or 'torchvision') to deployment formats."""
     from alexnet_deploy.exporters import export_all
 
-    names = [f.strip() for f in formats.split(",") if f.strip()]
-    export_all(weights, out, formats=names, **kwargs)
+    export_all(weights, out, formats=_format_names(formats), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,11 +179,13 @@ def export(weights, out, formats, **kwargs):
 @click.option("--batch-sizes", default=None, callback=_positive_ints,
               help="Comma-separated [default: 1, a non-power-of-two, the max batch].")
 @click.option("--backends", default=None, callback=_csv(str), help="Comma-separated runner names.")
-@click.option("--atol", default=None, type=float, help="Override the precision's default atol.")
-@click.option("--rtol", default=None, type=float, help="Override the precision's default rtol.")
+@click.option("--atol", default=None, type=click.FloatRange(min=0),
+              help="Override the precision's default atol.")
+@click.option("--rtol", default=None, type=click.FloatRange(min=0),
+              help="Override the precision's default rtol.")
 @click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
               help="Override the minimum top-1 agreement (0-1).")
-@click.option("--max-accuracy-drop", default=None, type=float,
+@click.option("--max-accuracy-drop", default=None, type=click.FloatRange(min=0),
               help="Override the maximum accuracy drop in points.")
 @click.option("--report", default=None, type=click.Path(path_type=Path),
               help="JSON report path [default: EXPORT_DIR/validation.json]; Markdown beside it.")
@@ -168,7 +195,25 @@ def validate(export_dir, **kwargs):
     """Check every artifact in EXPORT_DIR against the PyTorch reference. Exit 0 pass, 1 fail, 2 usage."""
     from alexnet_deploy.validate import run_validate
 
+    if not kwargs["list_only"]:
+        _check_report_paths(export_dir, kwargs["report"], "validation")
     run_validate(export_dir, **kwargs)
+
+
+def _check_report_paths(export_dir: Path, report: Path | None, default: str,
+                        plot: Path | None = None) -> None:
+    """Reports are written after minutes of work: check they can be written before it starts.
+    The default report goes inside the export folder, which may be read-only (a shared mount)."""
+    from alexnet_deploy.utils import check_output_file
+
+    if report is None and not export_dir.is_dir():
+        return  # the command itself says the export folder is missing
+    json_path = report if report is not None else export_dir / f"{default}.json"
+    hint = ("pass --report elsewhere" if report is None else "choose another --report")
+    check_output_file(json_path, "--report" if report is not None else "report", hint=hint)
+    check_output_file(json_path.with_suffix(".md"), "--report" if report is not None else "report", hint=hint)
+    if plot is not None:
+        check_output_file(plot, "--plot")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +238,7 @@ def benchmark(export_dir, **kwargs):
     """Latency percentiles, throughput, memory and roofline efficiency per backend and batch size."""
     from alexnet_deploy.bench import run_benchmark
 
+    _check_report_paths(export_dir, kwargs["report"], "benchmark", plot=kwargs["plot"])
     run_benchmark(export_dir, **kwargs)
 
 
@@ -210,8 +256,7 @@ def pipeline(data_dir, out, epochs, formats, quick):
     """data -> train -> export -> validate -> benchmark, resumable, with OUT/report.md."""
     from alexnet_deploy.pipeline import run_pipeline
 
-    names = [f.strip() for f in formats.split(",")] if formats else None
-    run_pipeline(out, data=data_dir, epochs=epochs, formats=names, quick=quick)
+    run_pipeline(out, data=data_dir, epochs=epochs, formats=_format_names(formats), quick=quick)
 
 
 @cli.command()
@@ -234,7 +279,9 @@ def predict(artifact, images, top, backend):
 def preprocess(images, card, out):
     """Write IMAGES as one float32 NCHW .npy batch with the card's preprocessing (for C++ programs)."""
     from alexnet_deploy.preprocess import run_preprocess
+    from alexnet_deploy.utils import check_output_file
 
+    check_output_file(out)
     run_preprocess(list(images), card, out)
 
 
@@ -249,6 +296,9 @@ def info(path, as_json):
 
 
 def main() -> None:
+    """The one error boundary: every failure reaches the user as one line and an exit code
+    (2 usage or input, 1 failed check or runtime failure, 130 interrupted); a traceback only
+    with --debug or ALEXNET_DEPLOY_DEBUG=1."""
     # Upstream deprecation chatter (TorchScript, onnxscript) is not the user's concern.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -262,12 +312,20 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except (UserError, CheckFailed) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the boundary: nothing escapes as a bare traceback
+        sys.exit(_report(e))
+
+
+def _report(e: Exception) -> int:
+    if _debug["on"]:
+        traceback.print_exception(e)
+    known = expected_failure(e)
+    line, code = known if known is not None else (internal_error_line(e), 1)
+    click.echo(f"error: {line}", err=True)
+    return code
 
 
 if __name__ == "__main__":

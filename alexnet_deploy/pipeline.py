@@ -8,6 +8,7 @@ state of finished steps lives in DIR/pipeline.json; a rerun with the same DIR sk
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.utils import write_json
+from alexnet_deploy.utils import check_output_dir, is_our_export, overlap, write_json
 
 console = Console(stderr=False)
 
@@ -150,7 +151,7 @@ def _run_logged(argv: list[str], log: Path) -> int:
     """Run `alexnet-deploy ARGV`, showing its output and copying it to `log`."""
     cmd = [sys.executable, "-m", "alexnet_deploy", *argv]
     with open(log, "w") as f:
-        f.write("$ alexnet-deploy " + " ".join(argv) + "\n")
+        f.write(LOG_HEAD + " ".join(argv) + "\n")
         f.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1)
@@ -168,6 +169,8 @@ def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | 
                  quick=quick)
     if s.data is not None and not s.data.is_dir():
         raise UserError(f"data folder not found: {s.data}")
+    check_output_dir(s.out)
+    _check_data_is_safe(s)
     s.out.mkdir(parents=True, exist_ok=True)
     state = _load_state(s.out)
     state["settings"] = {"data": str(s.data) if s.data else None, "epochs": epochs,
@@ -194,17 +197,63 @@ def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | 
     return report
 
 
+def _check_data_is_safe(s: Settings) -> None:
+    """The user's --data must not be OUT, hold OUT, or lie in a step folder a rerun replaces."""
+    if s.data is None:
+        return
+    how = overlap(s.out, s.data)
+    if how in ("is", "lies inside"):
+        raise UserError(f"--out {s.out} {how} --data {s.data}; the pipeline writes its steps there: "
+                        "choose an --out outside the data")
+    for step in STEPS:
+        if overlap(s.out / step.name, s.data) in ("is", "holds"):
+            raise UserError(f"--data {s.data} lies in {s.out / step.name}, the pipeline's own "
+                            f"'{step.name}' step folder; move the data or choose another --out")
+
+
+LOG = "log.txt"
+LOG_HEAD = "$ alexnet-deploy "  # the first line of every step log: marks the folder as ours
+
+
+def _is_our_step_dir(d: Path) -> bool:
+    if is_our_export(d):
+        return True
+    log = d / LOG
+    if log.is_symlink() or not log.is_file():
+        return False
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            return f.read(len(LOG_HEAD)) == LOG_HEAD
+    except OSError:
+        return False
+
+
+def _clear_step_dir(d: Path) -> None:
+    """A previous failed attempt's folder is removed to start the step clean, but only when this
+    pipeline made it (its log.txt says so): never a folder of the user's that shares the name."""
+    if not d.exists() and not d.is_symlink():
+        return
+    if d.is_symlink() or not d.is_dir() or (any(d.iterdir()) and not _is_our_step_dir(d)):
+        raise UserError(f"{d} exists and was not made by this pipeline; move it away or choose "
+                        "another --out")
+    shutil.rmtree(d)
+
+
 def _run_step(step: Step, s: Settings) -> StepRecord:
     d = s.out / step.name
     argv = step.argv(s, d)
     if argv is None:
         return StepRecord(step.name, Status.SKIPPED, 0.0, "", "user data given")
-    if d.exists() and step.name != "data":
-        shutil.rmtree(d)  # a previous failed attempt: start the step clean
-    d.mkdir(parents=True, exist_ok=True)
+    if step.name != "data":
+        _clear_step_dir(d)
     console.rule(f"[bold]{step.name}")
     t0 = time.perf_counter()
-    code = _run_logged(argv, d / "log.txt")
+    # The log is written beside the step folder and moved in afterwards: the step's command
+    # creates (export: replaces) that folder itself and must find it absent or its own.
+    running_log = s.out / f".{step.name}.{LOG}"
+    code = _run_logged(argv, running_log)
+    d.mkdir(parents=True, exist_ok=True)
+    os.replace(running_log, d / LOG)
     seconds = round(time.perf_counter() - t0, 1)
     if code in step.finding_codes:
         return StepRecord(step.name, Status.OK, seconds, str(d / "log.txt"),

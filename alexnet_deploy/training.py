@@ -33,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 from alexnet_deploy import data as data_lib
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.model import INITS, MODELS, InputSpec, ModelCard, build_model, load_weights, save_weights
-from alexnet_deploy.utils import atomic_path, write_text
+from alexnet_deploy.utils import atomic_path, check_output_dir, remove_stale_temp_files, write_text
 
 CHECKPOINT = "checkpoint.pt"
 CACHE_MAX_BYTES = 256 << 20  # data sets up to this size on disk are decoded once and kept in memory
@@ -105,6 +105,12 @@ class TrainConfig:
         defaults = OPTIMIZER_DEFAULTS[self.optimizer]
         self.lr = defaults["lr"] if self.lr is None else self.lr
         self.weight_decay = defaults["weight_decay"] if self.weight_decay is None else self.weight_decay
+        if not self.lr > 0:  # also refuses nan
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -147,7 +153,10 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
     device = env.device
     configure_backends(device, cfg.deterministic)
 
-    # Data first: bad folders should fail before anything heavy happens.
+    # The run folder, then the data: bad paths should fail before anything heavy happens.
+    check_output_dir(run)
+    if env.is_main:  # a checkpoint write cut by kill -9 leaves its temporary file
+        remove_stale_temp_files(run, Path(CHECKPOINT).stem, say=log.line)
     splits = DataSplits.load(cfg, env)
     num_classes = len(splits.classes)
 
@@ -165,11 +174,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
     ckpt_path = run / CHECKPOINT
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, cfg, splits.classes)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_states(ckpt["rng"])
+        restore_checkpoint(ckpt_path, ckpt, model, optimizer, scheduler, scaler)
         start_epoch, history = ckpt["epoch"] + 1, list(ckpt["history"])
         log.line(f"resuming {run} after epoch {start_epoch} of {cfg.epochs}")
     elif ckpt_path.exists():
@@ -591,15 +596,55 @@ def load_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict[st
     keys = {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "rng", "config", "classes", "history"}
     if not isinstance(ckpt, dict) or not keys <= ckpt.keys():
         raise UserError(f"{path} is not a checkpoint written by alexnet-deploy train")
+    _check_checkpoint_fields(path, ckpt)
     arch = ckpt["config"].get("arch")
     if arch != cfg.arch:
         raise UserError(f"{path} is a checkpoint of {arch!r}, not {cfg.arch!r}; pass --arch {arch} "
                         "or choose another --out")
+    trained_with = ckpt["config"].get("optimizer")
+    if trained_with != cfg.optimizer:
+        raise UserError(f"{path.name} was trained with {trained_with}; resume with --optimizer "
+                        f"{trained_with} or start a new --out")
     if list(ckpt["classes"]) != list(classes):
         raise UserError(f"{path} was trained on {len(ckpt['classes'])} classes but {cfg.data} has "
                         f"{len(classes)} ({'different names' if len(classes) == len(ckpt['classes']) else 'another count'}); "
                         "resume with the same data or choose another --out")
     return ckpt
+
+
+# What each checkpoint field must be: a checkpoint that loads with weights_only can still hold
+# anything (a string config, a list for the model), which must not become a traceback.
+_CHECKPOINT_TYPES = {"model": dict, "optimizer": dict, "lr_scheduler": dict, "scaler": dict, "epoch": int,
+                     "rng": dict, "config": dict, "classes": list, "history": list}
+
+
+def _check_checkpoint_fields(path: Path, ckpt: dict[str, Any]) -> None:
+    for key, kind in _CHECKPOINT_TYPES.items():
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise UserError(f"{path} is not a checkpoint of this tool ({key} is "
+                            f"{type(ckpt[key]).__name__}); delete it and train without --resume")
+    if ckpt["epoch"] < 0 or not all(isinstance(c, str) for c in ckpt["classes"]):
+        raise UserError(f"{path} is not a checkpoint of this tool (bad epoch or classes); delete it "
+                        "and train without --resume")
+
+
+def restore_checkpoint(path: Path, ckpt: dict[str, Any], model, optimizer, scheduler, scaler) -> None:
+    """Load every state of `ckpt`; a tensor of another shape or a foreign state is one line."""
+    own = model.state_dict()
+    for name, t in ckpt["model"].items():
+        if name in own and isinstance(t, torch.Tensor) and t.shape != own[name].shape:
+            raise UserError(f"{path.name} does not fit this model: {name} has shape {tuple(t.shape)} "
+                            f"in the checkpoint but {tuple(own[name].shape)} here; start a new --out")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_states(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path} is not a checkpoint of this tool ({type(e).__name__}: {first}); "
+                        "delete it and train without --resume") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -176,6 +176,8 @@ def test_force_replaces_a_folder_and_a_failed_export_leaves_it_untouched(random_
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    # --force replaces only an export folder of ours (one holding our manifest.json)
+    (out / "manifest.json").write_text('{"schema": 1, "artifacts": [], "weights": {}}')
     export_all(random_weights, out, formats=["torch-export"], max_batch=2, force=True, show=False)
     assert not (out / "old.txt").exists()
     assert [a.format for a in Manifest.read(out).artifacts] == ["torch-export"]
@@ -252,7 +254,7 @@ def test_force_never_deletes_the_weights_it_reads(tmp_path, random_weights):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(random_weights, run / "weights.safetensors")
-    with pytest.raises(UserError, match="--force would delete"):
+    with pytest.raises(UserError, match="holds .*weights.safetensors, which this export reads"):
         export_all(run / "weights.safetensors", run, formats=["torch-export"], force=True, show=False)
     assert (run / "weights.safetensors").exists()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_deploy.errors import UserError
+from alexnet_deploy.errors import UserError, expected_failure, os_error_from
 from alexnet_deploy.exporters.base import (  # noqa: F401
     EXPORTERS,
     ExportContext,
@@ -27,7 +27,15 @@ from alexnet_deploy.exporters.base import (  # noqa: F401
     register_exporter,
 )
 from alexnet_deploy.manifest import Artifact, Manifest, Skipped
-from alexnet_deploy.utils import sha256_file
+from alexnet_deploy.utils import (
+    check_not_cwd,
+    check_output_dir,
+    is_our_export,
+    output_lock,
+    overlap,
+    remove_stale_staging,
+    sha256_file,
+)
 
 # One module per format; import order is registry order (and `--help`'s).
 from alexnet_deploy.exporters import torchscript, onnx, torch_export, aoti, openvino  # noqa: E402,F401
@@ -122,25 +130,30 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     if "onnx" in order:
         onnx.check_opset(opset)
     out = Path(out)
-    _check_out(out, force, weights, calib_data)
+    # Where the result goes is checked before anything is loaded or built.
+    check_output_dir(out, staged=True)
+    check_not_cwd(out)
     model, card = load_weights(weights, device=device)
-    needs_calib = any(EXPORTERS[n].needs_calibration for n in order)
-    calib = resolve_calib_data(card, calib_data) if needs_calib else None
-
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
-        ctx = ExportContext(model=model, card=card, out=stage, max_batch=max_batch, opset=opset,
-                            device=device, calib_data=calib, calib_images=calib_images)
-        manifest = _export_into(ctx, weights, order, skipped, show)
-        if target:
-            _recommend_into(manifest, ctx, target, show)
-        manifest.write(stage)  # last: the manifest only ever lists finished, checked files
-        _replace_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with output_lock(out):  # held through the final rename: one writer per --out
+        remove_stale_staging(out, say=print if show else (lambda msg: None))
+        _check_out(out, force, weights, calib_data, *_card_data(card))
+        needs_calib = any(EXPORTERS[n].needs_calibration for n in order)
+        calib = resolve_calib_data(card, calib_data) if needs_calib else None
+        full = Path(os.path.abspath(out))
+        stage = full.parent / f".{full.name}.partial-{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)  # our own pid's: nobody else's
+        stage.mkdir(parents=True)
+        try:
+            ctx = ExportContext(model=model, card=card, out=stage, max_batch=max_batch, opset=opset,
+                                device=device, calib_data=calib, calib_images=calib_images)
+            manifest = _export_into(ctx, weights, order, skipped, show)
+            if target:
+                _recommend_into(manifest, ctx, target, show)
+            manifest.write(stage)  # last: the manifest only ever lists finished, checked files
+            _replace_dir(stage, full)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
     manifest.root = out
     if show:
         print_summary(manifest, out)
@@ -182,19 +195,44 @@ def _check_device(device: str) -> None:
             raise UserError("--device cuda: torch sees no CUDA device here; export with --device cpu")
 
 
+def _card_data(card: Any) -> list[str]:
+    """The data folders the card names (root and val): an export may read them to calibrate,
+    so they are inputs that --out must never replace."""
+    data = getattr(card, "data", None)
+    if data is not None and not isinstance(data, dict):
+        data = getattr(data, "model_dump", lambda: {})()
+    found = []
+    for key in ("root", "val"):
+        value = (data or {}).get(key)
+        if isinstance(value, str) and value and os.path.exists(value):
+            found.append(value)
+    return found
+
+
 def _check_out(out: Path, force: bool, *inputs: Any) -> None:
+    """--out must not be, hold or lie inside anything the export reads, and --force replaces only
+    an export folder of ours (or an empty one): never a user's data."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder")
+    for p in inputs:
+        if p is None or not os.path.exists(str(p)):
+            continue  # 'torchvision' and other names that are not paths
+        how = overlap(out, p)
+        if how is not None:
+            raise UserError(f"--out {out} {how} {p}, which this export reads; choose another --out "
+                            "(an export never replaces its own inputs)")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise UserError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
-        for p in inputs:  # --force must never delete what this export reads
-            if p is not None and Path(p).exists() and Path(p).resolve().is_relative_to(out.resolve()):
-                raise UserError(f"--force would delete {p}, which lies inside {out}: choose another --out")
+        if not is_our_export(out):
+            raise UserError(f"--force replaces only an export folder (one holding this tool's "
+                            f"manifest.json); {out} is not one: choose another --out")
 
 
 def _replace_dir(stage: Path, out: Path) -> None:
-    """Put the finished folder at `out`; an old `out` is moved aside first, then deleted."""
+    """Put the finished folder at `out`; an old `out` (checked to be ours) is moved aside first,
+    then deleted. A kill between the two renames leaves `.NAME.old-PID`, which the next run puts
+    back (remove_stale_staging)."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -232,7 +270,14 @@ def _run_exporter(name: str, ctx: ExportContext) -> list[Artifact]:
         return EXPORTERS[name]().export(ctx)
     except UserError as e:
         raise UserError(f"{name} export failed: {e}") from e
-    except Exception as e:  # an upstream exporter's failure is still one clear line to the user
+    except Exception as e:
+        # a full disk, a read-only folder, out of memory: the boundary's own line, exit 1
+        oserr = os_error_from(e, ctx.out)
+        if oserr is e or expected_failure(e) is not None:
+            raise
+        if oserr is not None:
+            raise oserr from e
+        # an upstream exporter's failure is still one clear line to the user
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise UserError(f"{name} export failed: {type(e).__name__}: {first}") from e
 
