@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from alexnet_deploy.card import printable
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.manifest import Artifact, Manifest
+from alexnet_deploy.manifest import Artifact, Manifest, Uncontained, _sha256, contained, verify_integrity
 
 
 def run_info(path: str | os.PathLike, as_json: bool = False) -> dict[str, Any]:
@@ -26,12 +27,23 @@ def run_info(path: str | os.PathLike, as_json: bool = False) -> dict[str, Any]:
 
 
 def describe(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise UserError(f"{path} not found: pass weights, an export folder or an artifact")
+    import stat
+
+    if not os.path.lexists(path):
+        raise UserError(f"{printable(path)} not found: pass weights, an export folder or an artifact")
     if path.is_dir() and (path / "manifest.json").is_file():
         return describe_export(path)
     if path.name == "manifest.json":
         return describe_export(path.parent)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UserError(f"{printable(path)} is a dangling symlink: pass weights, an export folder or an artifact") \
+            from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # checked before anything opens it: reading a FIFO or a device would hang or never end
+        raise UserError(f"{printable(path)} is not a regular file (a FIFO, socket or device); "
+                        "pass weights, an export folder or an artifact")
     if path.suffix == ".onnx":
         return describe_onnx(path)
     listed = _manifest_entry(path)
@@ -39,7 +51,7 @@ def describe(path: Path) -> dict[str, Any]:
         return {"kind": "artifact", "path": str(path), **listed}
     if path.is_file() and path.suffix in WEIGHTS:
         return WEIGHTS[path.suffix](path)
-    raise UserError(f"cannot describe {path}: not weights ({', '.join(WEIGHTS)}), not ONNX, not an "
+    raise UserError(f"cannot describe {printable(path)}: not weights ({', '.join(WEIGHTS)}), not ONNX, not an "
                     "export folder, and not listed in a manifest.json above it")
 
 
@@ -50,8 +62,7 @@ def describe_safetensors(path: Path) -> dict[str, Any]:
     """Card, tensors and parameters from the header alone: the tensors are never read."""
     from safetensors import SafetensorError, safe_open
 
-    from alexnet_deploy.model import ModelCard
-    from alexnet_deploy.utils import sha256_file
+    from alexnet_deploy.card import ModelCard
 
     try:
         with safe_open(str(path), framework="np") as f:
@@ -59,19 +70,18 @@ def describe_safetensors(path: Path) -> dict[str, Any]:
             shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from None
-    card = ModelCard.from_json(meta["card"]).to_dict() if "card" in meta else None
+    card = ModelCard.from_json(meta["card"], what=f"{path}: model card").to_dict() if "card" in meta else None
     return {"kind": "weights", "path": str(path), "format": "safetensors", "bytes": path.stat().st_size,
-            "sha256": sha256_file(path), "tensors": len(shapes),
+            "sha256": _sha256(path), "tensors": len(shapes),
             "parameters": sum(_prod(s) for s in shapes.values()), "card": card}
 
 
 def describe_pth(path: Path) -> dict[str, Any]:
     from alexnet_deploy.model import load_weights
-    from alexnet_deploy.utils import sha256_file
 
     model, card = load_weights(path)  # torch.load(weights_only=True) inside
     return {"kind": "weights", "path": str(path), "format": "pth state dict",
-            "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "bytes": path.stat().st_size, "sha256": _sha256(path),
             "tensors": len(model.state_dict()),
             "parameters": sum(p.numel() for p in model.parameters()), "card": card.to_dict()}
 
@@ -88,11 +98,22 @@ def describe_export(root: Path) -> dict[str, Any]:
             "versions": manifest.versions}
 
 
-def _artifact_row(manifest: Manifest, art: Artifact) -> dict[str, Any]:
+def _artifact_row(manifest: Manifest, art: Artifact, integrity: bool = False) -> dict[str, Any]:
+    """One artifact as the manifest lists it. `problem`: why it cannot be loaded (outside the
+    folder, missing, not a regular file; with `integrity`, a changed file too), else None."""
     return {"format": art.format, "precision": art.precision, "device": art.device, "path": art.path,
-            "bytes": art.bytes, "sha256": art.sha256, "batch": art.batch,
+            "bytes": art.bytes, "sha256": art.sha256, "batch": art.batch.to_dict(),
             "input_name": art.input_name, "output_name": art.output_name,
+            "problem": verify_integrity(manifest, art) if integrity else _containment(manifest, art),
             "runs_here": runners_here(art)}
+
+
+def _containment(manifest: Manifest, art: Artifact) -> str | None:
+    try:
+        contained(manifest.root, art.path, "dir" if art.is_folder else "file")
+    except Uncontained as e:
+        return str(e)
+    return None
 
 
 def runners_here(art: Artifact) -> dict[str, str | None]:
@@ -106,8 +127,6 @@ def describe_onnx(path: Path) -> dict[str, Any]:
     """Opset, inputs/outputs with their symbolic (dynamic) dims, and the card in metadata_props."""
     import onnx
 
-    from alexnet_deploy.utils import sha256_file
-
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
@@ -120,7 +139,7 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             card = None
     info = {"kind": "artifact", "path": str(path), "format": "onnx", "bytes": path.stat().st_size,
-            "sha256": sha256_file(path), "ir_version": model.ir_version,
+            "sha256": _sha256(path), "ir_version": model.ir_version,
             "opsets": {op.domain or "ai.onnx": op.version for op in model.opset_import},
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
             "inputs": [_value_info(v) for v in model.graph.input],
@@ -151,13 +170,11 @@ def _manifest_entry(path: Path) -> dict[str, Any] | None:
     if root is None:
         return None
     manifest = Manifest.read(root)
-    wanted = path.resolve()
-    for art in manifest.artifacts:
-        listed = manifest.path_of(art).resolve()
-        if listed == wanted or listed in wanted.parents:
-            return {"export": str(root), **_artifact_row(manifest, art),
-                    "card": manifest.card.to_dict(), "versions": manifest.versions}
-    return None
+    art = manifest.listed(path)
+    if art is None or art.format == "weights":
+        return None
+    return {"export": str(root), **_artifact_row(manifest, art, integrity=True),
+            "card": manifest.card.to_dict(), "versions": manifest.versions}
 
 
 def _prod(dims) -> int:
@@ -205,10 +222,11 @@ def print_info(info: dict[str, Any]) -> None:
         _table(console, "artifacts", ["format", "precision", "device", "path", "MB", "sha256",
                                       "batch", "runs here"],
                [[a["format"], a["precision"], a["device"], a["path"], f"{a['bytes'] / 1e6:.1f}",
-                 a["sha256"][:12], f"{a['batch'].get('min')}..{a['batch'].get('max')}", _runs(a["runs_here"])]
+                 a["sha256"][:12], f"{a['batch'].get('min')}..{a['batch'].get('max')}",
+                 f"refused: {a['problem']}" if a.get("problem") else _runs(a["runs_here"])]
                 for a in info["artifacts"]])
         for s in info.get("skipped", []):
-            console.print(f"skipped {s['format']}: {s['reason']}", highlight=False, markup=False)
+            console.print(printable(f"skipped {s['format']}: {s['reason']}"), highlight=False, markup=False)
     if info.get("card"):
         _kv(console, "model card", _card_facts(info["card"]))
     if info.get("versions"):
@@ -243,9 +261,10 @@ def _table(console, title: str, headers: list[str], rows: list[list[str]], heade
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title), show_header=header, title_justify="left")
+    # every cell may hold a card's or a manifest's text: markup and control characters escaped
+    table = Table(title=escape(printable(title)), show_header=header, title_justify="left")
     for h in headers:
         table.add_column(h, overflow="fold")
     for r in rows:
-        table.add_row(*(escape(c) for c in r))
+        table.add_row(*(escape(printable(c)) for c in r))
     console.print(table)

@@ -6,20 +6,16 @@ validate and the tests' parametrisation all read `MODELS`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from alexnet_deploy.card import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelCard  # noqa: F401 (re-exported)
 from alexnet_deploy.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 
 # ---------------------------------------------------------------------------------------------
@@ -192,72 +188,6 @@ def arch_from_state_dict(state: dict[str, torch.Tensor]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Model card
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class InputSpec:
-    shape: list[int] = field(default_factory=lambda: [3, 224, 224])
-    layout: str = "NCHW"
-    dtype: str = "float32"
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    resize: int = 256
-    crop: int = 224
-
-    @classmethod
-    def for_size(cls, crop: int) -> InputSpec:
-        # torchvision's eval recipe: resize the short side to crop*256/224, then centre-crop.
-        return cls(shape=[3, crop, crop], resize=int(round(crop * 256 / 224)), crop=crop)
-
-
-@dataclass
-class ModelCard:
-    """Everything a consumer needs to run the weights correctly; travels with every artifact."""
-
-    arch: str = "alexnet"
-    num_classes: int = 1000
-    classes: list[str] = field(default_factory=list)
-    input: InputSpec = field(default_factory=InputSpec)
-    data: dict[str, Any] = field(default_factory=dict)  # {"root": ..., "val": ...} when known
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.classes:
-            self.classes = [f"class_{i}" for i in range(self.num_classes)]
-        if len(self.classes) != self.num_classes:
-            raise UserError(
-                f"model card lists {len(self.classes)} class names for {self.num_classes} classes")
-
-    @property
-    def image_size(self) -> int:
-        return self.input.crop
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
-        d = dict(d)
-        known = {f for f in cls.__dataclass_fields__}
-        inp = InputSpec(**{k: v for k, v in d.pop("input", {}).items()
-                           if k in InputSpec.__dataclass_fields__})
-        return cls(input=inp, **{k: v for k, v in d.items() if k in known and k != "input"})
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"the model card is not valid JSON: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------
 # Weights I/O
 # ---------------------------------------------------------------------------------------------
 def save_weights(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
@@ -278,13 +208,11 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     """The card of a safetensors file or of an export folder (its manifest), without the weights."""
     path = Path(path)
     if path.is_dir():
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
+        from alexnet_deploy.manifest import Manifest
+
+        if not (path / "manifest.json").is_file():
             raise UserError(f"{path} has no manifest.json: pass an export folder or a weights file")
-        try:
-            return ModelCard.from_dict(json.loads(manifest.read_text())["card"])
-        except (json.JSONDecodeError, KeyError) as e:
-            raise UserError(f"{manifest} is not a valid manifest ({e})") from None
+        return Manifest.read(path).card
     return load_weights(str(path))[1]
 
 
@@ -342,7 +270,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
         raise UserError(f"{path} is not a readable safetensors file ({e}); re-export or retrain it") \
             from None
     if "card" in meta:
-        card = ModelCard.from_json(meta["card"])
+        card = ModelCard.from_json(meta["card"], what=f"{path}: model card")
     else:
         card = _card_from_state(state, source=str(path))
     card.source = str(path)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_deploy.errors import UserError
+from alexnet_deploy.card import printable
+from alexnet_deploy.errors import CheckFailed, UserError, memory_error_line
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
 
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -45,14 +46,28 @@ def run_predict(target: str | os.PathLike, images: list[str | os.PathLike], top:
     chosen = resolve_target(target, backend)
     batch = preprocess_files(list(images), chosen.manifest.card)
     logits = infer(chosen, batch)
-    predictions = top_classes(logits, chosen.manifest.card.classes, [str(p) for p in images], top)
-    header = f"{chosen.runner} [{chosen.artifact.precision}] {chosen.artifact.path}"
+    names = [str(p) for p in images]
+    check_finite(logits, names, chosen)
+    predictions = top_classes(logits, chosen.manifest.card.classes, names, top)
+    # names of files and classes come from others: control characters are shown escaped
+    header = printable(f"{chosen.runner} [{chosen.artifact.precision}] {chosen.artifact.path}")
     for p in predictions:
-        print(f"{p.image}  ({header})")
-        width = max(len(name) for name, _ in p.top)
-        for rank, (name, prob) in enumerate(p.top, 1):
+        print(f"{printable(p.image)}  ({header})")
+        shown = [(printable(name), prob) for name, prob in p.top]
+        width = max(len(name) for name, _ in shown)
+        for rank, (name, prob) in enumerate(shown, 1):
             print(f"  {rank}. {name:<{width}}  {prob:7.2%}")
     return predictions
+
+
+def check_finite(logits: np.ndarray, names: list[str], target: Target) -> None:
+    """NaN or Inf logits are broken weights or a broken artifact, never an answer."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        first = names[int(np.argmax(bad))]
+        raise CheckFailed(f"{printable(target.artifact.path)} produced NaN or Inf logits for "
+                          f"{int(bad.sum())} of {len(names)} images (first: {printable(first)}): the weights "
+                          "or the artifact are broken; retrain or re-export")
 
 
 def top_classes(logits: np.ndarray, classes: list[str], names: list[str], k: int) -> list[Prediction]:
@@ -71,10 +86,19 @@ def infer(target: Target, batch: np.ndarray) -> np.ndarray:
     problem = verify_integrity(target.manifest, target.artifact)
     if problem:
         raise UserError(f"{problem} (refusing to load it)")
-    hi = max(1, target.artifact.batch.get("max", 1))
-    with get_runner(target.runner)(target.manifest, target.artifact) as runner:
-        return np.concatenate([runner.infer(np.ascontiguousarray(batch[i:i + hi]))
-                               for i in range(0, len(batch), hi)])
+    hi = max(1, target.artifact.batch.max)
+    try:
+        with get_runner(target.runner)(target.manifest, target.artifact) as runner:
+            return np.concatenate([runner.infer(np.ascontiguousarray(batch[i:i + hi]))
+                                   for i in range(0, len(batch), hi)])
+    except (UserError, CheckFailed):
+        raise
+    except Exception as e:  # any runtime's own failure to load or run the file: one line
+        if memory_error_line(e) is not None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CheckFailed(f"{printable(target.artifact.path)} failed to load or run on {target.runner}: "
+                          f"{type(e).__name__}: {printable(first)}; re-export it") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,13 +106,15 @@ def infer(target: Target, batch: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 def resolve_target(target: str | os.PathLike, backend: str | None = None) -> Target:
     path = Path(target)
-    if not path.exists():
-        raise UserError(f"{path} not found: pass an export folder, an artifact inside one, "
+    if not os.path.lexists(path):
+        raise UserError(f"{printable(path)} not found: pass an export folder, an artifact inside one, "
                         "or a weights file (.safetensors)")
+    if path.name == "manifest.json" and not path.is_dir():
+        path = path.parent  # the manifest stands for its export folder
     if (path / "manifest.json").is_file():
         manifest = Manifest.read(path)
         return _pick(manifest, [manifest.weights_artifact(), *manifest.artifacts], backend, str(path))
-    if path.is_file() and path.suffix in WEIGHTS_SUFFIXES and find_manifest(path) is None:
+    if path.suffix in WEIGHTS_SUFFIXES and find_manifest(path) is None:
         manifest = weights_manifest(path)
         return _pick(manifest, [manifest.weights_artifact()], backend, str(path))
     manifest, artifact = artifact_in_export(path)
@@ -98,18 +124,22 @@ def resolve_target(target: str | os.PathLike, backend: str | None = None) -> Tar
 def weights_manifest(path: Path) -> Manifest:
     """A manifest held in memory for a bare weights file, so the torch-eager runner runs it as
     it runs an export's weights (integrity check included)."""
+    from alexnet_deploy.manifest import _sha256, contained
     from alexnet_deploy.model import read_card
-    from alexnet_deploy.utils import sha256_file
 
-    card = read_card(path)
-    manifest = Manifest(card=card, weights={"path": path.name, "sha256": sha256_file(path)})
-    manifest.root = path.parent
+    # the user named this file: where a symlink leads is their choice, but it must be a regular file
+    real = Path(os.path.realpath(path))
+    real = contained(real.parent, real.name)  # no FIFO, no device, no folder; else a UserError
+    card = read_card(real)
+    manifest = Manifest(card=card, weights={"path": real.name, "sha256": _sha256(real)})
+    manifest.root = real.parent
     return manifest
 
 
 def find_manifest(path: Path) -> Path | None:
-    """The nearest manifest.json in `path`'s parent folders (artifacts may sit in sub-folders)."""
-    for folder in path.resolve().parents:
+    """The nearest manifest.json in `path`'s parent folders (artifacts may sit in sub-folders).
+    The path as written, not where a symlink leads: a symlinked artifact is inside its folder."""
+    for folder in Path(os.path.abspath(path)).parents:
         if (folder / "manifest.json").is_file():
             return folder
     return None
@@ -118,16 +148,14 @@ def find_manifest(path: Path) -> Path | None:
 def artifact_in_export(path: Path) -> tuple[Manifest, Artifact]:
     root = find_manifest(path)
     if root is None:
-        raise UserError(f"{path} is not inside an export folder (no manifest.json above it); predict "
+        raise UserError(f"{printable(path)} is not inside an export folder (no manifest.json above it); predict "
                         "needs the manifest for the model card: pass the export folder or the weights")
     manifest = Manifest.read(root)
-    wanted = path.resolve()
-    for art in [manifest.weights_artifact(), *manifest.artifacts]:
-        listed = manifest.path_of(art).resolve()
-        if listed == wanted or listed in wanted.parents:
-            return manifest, art
-    raise UserError(f"{path} is not listed in {root / 'manifest.json'}; listed: "
-                    f"{', '.join(a.path for a in manifest.artifacts) or 'nothing'}")
+    art = manifest.listed(path)
+    if art is not None:
+        return manifest, art
+    raise UserError(f"{printable(path)} is not listed in {root / 'manifest.json'}; listed: "
+                    f"{', '.join(printable(a.path) for a in manifest.artifacts) or 'nothing'}")
 
 
 def _pick(manifest: Manifest, artifacts: list[Artifact], backend: str | None, what: str) -> Target:

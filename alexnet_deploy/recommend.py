@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexnet_deploy.manifest import Manifest
+from alexnet_deploy.errors import CheckFailed
+from alexnet_deploy.manifest import Manifest, verify_integrity
 
 TARGETS = ("cpu",)
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -36,7 +37,7 @@ def recommend(manifest: Manifest, ctx, target: str = "cpu", threads: int | None 
     checks = {_key(c.runner, c.artifact.path, c.artifact.precision): _check(manifest, c, ctx)
               for c in choices}
     passed = {k for k, v in checks.items() if not v.get("failures")}
-    cap = min(a.batch.get("max", 1) for a in [c.artifact for c in choices] if a.format != "weights")
+    cap = min(a.batch.max for a in [c.artifact for c in choices] if a.format != "weights")
     sizes = sorted({min(b, cap) for b in BATCH_SIZES})
     report = benchmark(manifest.root, batch_sizes=sizes, warmup_s=warmup_s, duration_s=duration_s,
                        threads=threads, device=target, log=log,
@@ -56,7 +57,11 @@ def recommend_export(export_dir, target: str = "cpu", threads: int | None = None
     from alexnet_deploy.model import load_weights
 
     manifest = Manifest.read(export_dir)
-    model, card = load_weights(manifest.root / manifest.weights.get("path", "weights.safetensors"))
+    weights = manifest.weights_artifact()
+    problem = verify_integrity(manifest, weights)
+    if problem:
+        raise CheckFailed(f"{problem} (refusing to load the export's weights)")
+    model, card = load_weights(manifest.path_of(weights))
     ctx = ExportContext(model=model, card=card, out=manifest.root, calib_data=resolve_calib_data(card, None))
     section = recommend(manifest, ctx, target, threads, warmup_s, duration_s, log)
     manifest.write(manifest.root)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_deploy.card import printable
 from alexnet_deploy.compare import judge
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
@@ -28,7 +29,8 @@ from alexnet_deploy.tolerances import DEFAULT_LIMITS, Limits
 
 RANDOM_INPUTS = 8  # seeded N(0, 1) tensors added to the real images (at least)
 NON_POWER_OF_TWO = 3  # a batch size that catches kernels specialised for powers of two
-DEFAULT_MAX_BATCH = 64  # the biggest batch fed by default to artifacts without a real limit
+DEFAULT_MAX_BATCH = 64  # the biggest batch fed by default, whatever the artifact's range allows
+MAX_INPUT_BYTES = 2 << 30  # the shared input batch is refused beyond this, before it is allocated
 REFERENCE_CHUNK = 64
 
 OK, FAIL, SKIPPED = "OK", "FAIL", "SKIPPED"
@@ -121,9 +123,10 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
     overrides = {"atol": atol, "rtol": rtol, "min_top1_agreement": min_agreement,
                  "max_accuracy_drop": max_accuracy_drop}
     runnable = [c for c in choices if c.available]
-    cap = max((a.batch.get("max", 1) for a in manifest.artifacts), default=DEFAULT_MAX_BATCH)
+    cap = min(DEFAULT_MAX_BATCH, max((a.batch.max for a in manifest.artifacts), default=DEFAULT_MAX_BATCH))
     sizes = {id(c): batch_sizes_for(c.artifact, batch_sizes, cap) for c in runnable}
     needed = max((sum(s) for s in sizes.values()), default=0)
+    check_input_size(manifest, max(needed, random_inputs) + max(images, 0))
     inputs = make_inputs(manifest, data_dir, images, random_inputs, needed, seed)
     say(f"reference: torch eager fp32 on {manifest.weights.get('path', 'the weights')}, "
         f"{inputs.real} images + {len(inputs.batch) - inputs.real} random inputs")
@@ -198,15 +201,25 @@ def limits_for(precision: str, overrides: dict[str, float | None]) -> Limits:
     return base.override(**kw)
 
 
+def check_input_size(manifest: Manifest, rows: int) -> None:
+    """Refuse, before allocating, an input batch beyond MAX_INPUT_BYTES (huge --batch-sizes)."""
+    per_row = 4 * int(np.prod(manifest.card.input.shape))
+    if rows * per_row > MAX_INPUT_BYTES:
+        raise UserError(f"validate would need {rows:,} inputs of {'x'.join(map(str, manifest.card.input.shape))} "
+                        f"({rows * per_row / 2**30:.1f} GiB, more than the {MAX_INPUT_BYTES / 2**30:.0f} GiB "
+                        "bound): pass smaller --batch-sizes or fewer --images")
+
+
 def batch_sizes_for(artifact: Artifact, requested: list[int] | None,
                     cap: int = DEFAULT_MAX_BATCH) -> list[int]:
     """The batch sizes fed to `artifact`: the requested ones within its range, or by default
-    1, a non-power-of-two and its max batch (so the dynamic batch dimension is exercised).
+    1, a non-power-of-two and its max batch up to `cap` (so the dynamic batch dimension is
+    exercised without allocating for a max batch of 65536).
 
-    `cap` bounds the default max for artifacts without a real limit (the weights): validate
-    passes the largest max batch among the export's artifacts.
+    `cap` bounds the default max (at most DEFAULT_MAX_BATCH): validate passes the largest max
+    batch among the export's artifacts, so the weights are fed as the artifacts are.
     """
-    lo, hi = artifact.batch.get("min", 1), min(artifact.batch.get("max", 1), max(cap, 1))
+    lo, hi = artifact.batch.get("min", 1), min(artifact.batch.get("max", 1), max(cap, 1), DEFAULT_MAX_BATCH)
     hi = max(hi, lo)
     if requested:
         sizes = [b for b in requested if lo <= b <= artifact.batch.get("max", 1)]
@@ -251,7 +264,15 @@ def reference_logits(manifest: Manifest, batch: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, len(batch), REFERENCE_CHUNK):
             out.append(model(torch.from_numpy(batch[start:start + REFERENCE_CHUNK])).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, manifest.card.num_classes), np.float32)
+    logits = np.concatenate(out) if out else np.zeros((0, manifest.card.num_classes), np.float32)
+    if logits.shape[1] != manifest.card.num_classes:
+        raise CheckFailed(f"the card lists {manifest.card.num_classes} classes but the reference weights "
+                          f"{printable(weights.path)} output {logits.shape[1]} logits: the manifest does not "
+                          "match the weights; re-export")
+    if not np.isfinite(logits).all():
+        raise CheckFailed(f"the reference weights {printable(weights.path)} produce NaN or Inf logits: "
+                          "nothing can be validated against them; retrain or re-export")
+    return logits
 
 
 def split_batches(n: int, sizes: list[int]) -> list[slice]:
@@ -298,6 +319,10 @@ def _check(result: ValidationResult, runner_cls, manifest: Manifest, artifact: A
         return
     if outputs.shape != reference.shape:
         _fail(result, f"output shape {outputs.shape} differs from the reference's {reference.shape}")
+        return
+    if not np.isfinite(outputs).all():
+        bad = int((~np.isfinite(outputs).all(axis=1)).sum())
+        _fail(result, f"NaN or Inf logits for {bad} of {len(outputs)} inputs")
         return
     decide = slice(0, inputs.real) if inputs.real else None
     verdict = judge(outputs, reference, Limits(**result.limits), decide=decide,

@@ -22,8 +22,8 @@ from alexnet_deploy.bench.timing import (
     harness_overhead_us,
     time_calls,
 )
-from alexnet_deploy.errors import UserError
-from alexnet_deploy.manifest import Artifact, Manifest
+from alexnet_deploy.errors import CheckFailed, UserError
+from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)
 INPUT_BUFFERS = 4  # inputs rotate over these so no runtime can answer from a cached input
@@ -194,6 +194,19 @@ def plan_runs(manifest: Manifest, backends: Sequence[str] | None, device: str | 
     return runnable, skips
 
 
+def check_integrity(manifest: Manifest, artifacts: Sequence[Artifact]) -> None:
+    """Every file to be timed is the one the manifest lists (sha256, contained in the folder):
+    a swapped file would be timed and reported under the manifest's label."""
+    seen = set()
+    for art in artifacts:
+        if art.path in seen:
+            continue
+        seen.add(art.path)
+        problem = verify_integrity(manifest, art)
+        if problem:
+            raise CheckFailed(f"{problem} (refusing to benchmark it)")
+
+
 def make_inputs(batch: int, shape: Sequence[int], seed: int = 0) -> list[np.ndarray]:
     one = batch * int(np.prod(shape)) * 4
     count = max(2, min(INPUT_BUFFERS, INPUT_BUFFER_BUDGET // max(one, 1)))
@@ -225,7 +238,7 @@ def _bench_runner(ctx: _RunContext, runner_name: str, artifact: Artifact,
 
     cls = get_runner(runner_name)
     runner = cls(ctx.manifest, artifact, threads=ctx.threads)
-    lo, hi = artifact.batch.get("min", 1), artifact.batch.get("max", 1)
+    lo, hi = artifact.batch.min, artifact.batch.max
     ctx.memory.reset()
     rss_before = ctx.memory.current_mb()
     ctx.log(f"{runner.label}: loading")
@@ -312,6 +325,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         raise UserError(f"threads must be >= 1, got {threads}")
     manifest = Manifest.read(export_dir)
     plan, skips = plan_runs(manifest, backends, device, only)
+    check_integrity(manifest, [c.artifact for c in plan])
     threads = threads or default_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # torch-based runners run in this process

@@ -10,7 +10,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from alexnet_deploy.errors import UserError
+from alexnet_deploy.card import printable
+from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.manifest import Artifact, Manifest
 
 RUNNERS: dict[str, type[Runner]] = {}
@@ -89,8 +90,9 @@ class Runner(ABC):
         if not self.active:
             raise RuntimeError(f"{self.name}: call activate() before infer()")
         self.check_input(batch)
-        out = self.infer_impl(batch)
-        return np.asarray(out, dtype=np.float32)
+        out = np.asarray(self.infer_impl(batch), dtype=np.float32)
+        self.check_output(batch, out)
+        return out
 
     def deactivate(self) -> None:
         if self.active:
@@ -105,7 +107,7 @@ class Runner(ABC):
 
     def check_input(self, batch: np.ndarray) -> None:
         expected = tuple(self.manifest.card.input.shape)
-        lo, hi = self.artifact.batch.get("min", 1), self.artifact.batch.get("max", 1)
+        lo, hi = self.artifact.batch.min, self.artifact.batch.max
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
             got = getattr(batch, "dtype", type(batch).__name__)
             raise UserError(f"{self.name}: expected a float32 numpy array, got {got}")
@@ -115,6 +117,28 @@ class Runner(ABC):
         if not lo <= batch.shape[0] <= hi:
             raise UserError(f"{self.name}: batch size {batch.shape[0]} is outside the artifact's "
                             f"range {lo}..{hi}; re-export with a larger --max-batch")
+
+    def check_output(self, batch: np.ndarray, out: np.ndarray) -> None:
+        """The artifact's real output must be one row of card.num_classes logits per image: a card
+        that lists other classes than the file computes would name the wrong class."""
+        n = self.manifest.card.num_classes
+        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            raise CheckFailed(f"{printable(self.artifact.path)} returned output of shape {out.shape} for a "
+                              f"batch of {batch.shape[0]}; expected ({batch.shape[0]}, {n}): re-export it")
+        if out.shape[1] != n:
+            raise CheckFailed(f"the card lists {n} classes but {printable(self.artifact.path)} outputs "
+                              f"{out.shape[1]} logits: the manifest does not match the artifact; re-export")
+
+    def check_declared_input(self, dims: list) -> None:
+        """`dims` (the artifact's declared input, symbolic dims as strings or None) must take the
+        card's image shape: else every image would fail deep inside the runtime."""
+        expected = list(self.manifest.card.input.shape)
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in list(dims)[1:]]
+        if len(fixed) != len(expected) or any(d is not None and d != e for d, e in zip(fixed, expected, strict=True)):
+            shown = "x".join("?" if d is None else str(d) for d in fixed)
+            raise CheckFailed(f"the card's input is {'x'.join(map(str, expected))} but "
+                              f"{printable(self.artifact.path)} takes {shown}: the manifest does not match "
+                              "the artifact; re-export")
 
     @abstractmethod
     def activate_impl(self) -> None: ...

@@ -74,6 +74,7 @@ class OrtGpuRunner(OrtCpuRunner):
                             f"{self.artifact.path} and fell back to {', '.join(active)}; check that the "
                             f"CUDA, cuDNN (and TensorRT) libraries match onnxruntime-gpu {ort.__version__}")
         inp = self._session.get_inputs()[0]
+        self.check_declared_input(inp.shape)
         self._input = inp.name
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 

@@ -39,6 +39,7 @@ class OrtCpuRunner(Runner):
         self._session = ort.InferenceSession(str(self.manifest.path_of(self.artifact)),
                                              sess_options=opts, providers=["CPUExecutionProvider"])
         inp = self._session.get_inputs()[0]
+        self.check_declared_input(inp.shape)
         self._input = inp.name
         # our fp16 ONNX keeps float32 I/O; a half-precision graph from elsewhere may not
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32

@@ -4,7 +4,6 @@ with bf16 units (AVX512-BF16 or AMX-BF16)."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from typing import ClassVar
 
@@ -89,6 +88,6 @@ class OpenVinoBf16Runner(OpenVinoRunner):
 
     @classmethod
     def as_executed(cls, artifact: Artifact) -> Artifact:
-        return dataclasses.replace(artifact, precision="bf16", extra={
+        return artifact.model_copy(update={"precision": "bf16", "extra": {
             **artifact.extra, "stored_precision": artifact.precision,
-            "computed_in": "bf16 (OpenVINO INFERENCE_PRECISION_HINT=bf16)"})
+            "computed_in": "bf16 (OpenVINO INFERENCE_PRECISION_HINT=bf16)"}})
