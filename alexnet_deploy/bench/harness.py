@@ -194,6 +194,25 @@ def plan_runs(manifest: Manifest, backends: Sequence[str] | None, device: str | 
     return runnable, skips
 
 
+# The largest input batch the harness allocates (its buffers rotate over several copies of it).
+MAX_INPUT_BYTES = 2 << 30
+
+
+def check_batch_sizes(manifest: Manifest, artifacts: Sequence[Artifact], batch_sizes: Sequence[int]) -> None:
+    """Refuse, before the roofline is measured or anything loads, batch sizes that no planned
+    artifact accepts or whose input alone would exceed MAX_INPUT_BYTES."""
+    c = manifest.card.input.crop
+    for b in batch_sizes:
+        size = b * 3 * c * c * 4
+        if size > MAX_INPUT_BYTES:
+            raise UserError(f"batch size {b} needs a {size / 2**30:.1f} GiB input at {c} px (limit "
+                            f"{MAX_INPUT_BYTES / 2**30:.0f} GiB); pass smaller --batch-sizes")
+        if not any(a.batch.min <= b <= a.batch.max for a in artifacts):
+            ranges = ", ".join(sorted({f"{a.batch.min}..{a.batch.max}" for a in artifacts}))
+            raise UserError(f"batch size {b} is outside every artifact's batch range ({ranges}); "
+                            "pass --batch-sizes within it or re-export with a larger --max-batch")
+
+
 def check_integrity(manifest: Manifest, artifacts: Sequence[Artifact]) -> None:
     """Every file to be timed is the one the manifest lists (sha256, contained in the folder):
     a swapped file would be timed and reported under the manifest's label."""
@@ -326,6 +345,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     manifest = Manifest.read(export_dir)
     plan, skips = plan_runs(manifest, backends, device, only)
     check_integrity(manifest, [c.artifact for c in plan])
+    check_batch_sizes(manifest, [c.artifact for c in plan], batch_sizes)
     threads = threads or default_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # torch-based runners run in this process

@@ -120,8 +120,10 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     from alexnet_deploy.exporters.calibration import resolve_calib_data
     from alexnet_deploy.model import load_weights
 
-    if max_batch < 1:
-        raise UserError(f"--max-batch must be at least 1, got {max_batch}")
+    from alexnet_deploy.manifest import MAX_BATCH
+
+    if not 1 <= max_batch <= MAX_BATCH:
+        raise UserError(f"--max-batch must be between 1 and {MAX_BATCH}, got {max_batch}")
     if calib_images < 1:
         raise UserError(f"--calib-images must be at least 1, got {calib_images}")
     _check_device(device)
