@@ -7,12 +7,12 @@ the batch is made by the same transform that validate and predict use.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from alexnet_deploy.errors import UserError
+from alexnet_deploy.utils import image_path_problem
 
 
 def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
@@ -45,18 +45,3 @@ def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
     print(f"wrote {out}: float32 {'x'.join(map(str, batch.shape))} (NCHW)")
     return out
 
-
-def image_path_problem(path: str | os.PathLike) -> str | None:
-    """Why `path` cannot be an image file (missing, a folder, a FIFO or device), or None.
-    Checked before opening: reading a FIFO would block forever."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return f"image not found: {path}"
-    except OSError as e:
-        return f"cannot read image {path}: {e.strerror or e.__class__.__name__}"
-    if stat.S_ISDIR(mode):
-        return f"{path} is a folder, not an image; pass image files"
-    if not stat.S_ISREG(mode):
-        return f"{path} is not a regular file (a pipe or device?); pass image files"
-    return None

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,3 +298,19 @@ def _own_version() -> str:
     from alexnet_deploy import __version__
 
     return __version__
+
+
+def image_path_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be an image file (missing, a folder, a FIFO or device), or None.
+    Checked before opening: reading a FIFO would block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"image not found: {path}"
+    except OSError as e:
+        return f"cannot read image {path}: {e.strerror or e.__class__.__name__}"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder, not an image; pass image files"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a pipe or device?); pass image files"
+    return None
