@@ -49,7 +49,7 @@ def test_demo_rejects_bad_options(tmp_path, kwargs, needle):
 
 def test_demo_command_reports_a_bad_option_as_one_line(tmp_path):
     assert_user_error(run_cli("data", "demo", "--out", tmp_path / "d", "--classes", "13"),
-                      "--classes must be between 2 and 12")
+                      "13 is not in the range 2<=x<=12")
 
 
 def test_demo_command_refuses_a_non_empty_folder(tmp_path):
