@@ -47,7 +47,7 @@ def partial_copy(src: Path, dst: Path, fmt: str, precision: str) -> tuple[Path, 
     art = found[0]
     dst.mkdir(parents=True)
     weights = manifest.weights_artifact().path
-    os.symlink(src / weights, dst / weights)
+    os.link(src / weights, dst / weights)  # a hard link: a symlink out of the folder is refused
     for rel in [art.path, *art.extra.get("files", {})]:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / rel, dst / rel)
@@ -186,7 +186,7 @@ def test_tampered_reference_weights_stop_validation(exported_dir, tmp_path):
     manifest = Manifest.read(exported_dir)
     manifest.artifacts = []
     manifest.weights = {**manifest.weights, "sha256": "0" * 64}
-    os.symlink(exported_dir / manifest.weights_artifact().path, export / manifest.weights_artifact().path)
+    os.link(exported_dir / manifest.weights_artifact().path, export / manifest.weights_artifact().path)
     manifest.write(export)
     with pytest.raises(CheckFailed, match="reference weights.*integrity"):
         validate(export, images=0)
