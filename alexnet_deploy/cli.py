@@ -149,7 +149,7 @@ class _FormatsOption(click.Option):
 @click.argument("weights")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder.")
 @click.option("--formats", cls=_FormatsOption, default="all", show_default=True)
-@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 65536),
+@click.option("--max-batch", default=64, show_default=True, type=int,
               help="Largest batch every artifact accepts (dynamic batch 1..N).")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset (18 or newer).")
 @click.option("--calib-data", default=None, type=click.Path(path_type=Path),

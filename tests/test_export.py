@@ -226,7 +226,7 @@ def test_bad_input_is_one_clear_line(case, random_weights, tmp_path, demo_data):
         needles = ("--opset 12", "18")
     elif case == "max-batch":
         args += ["--max-batch", "0"]
-        needles = ("0 is not in the range 1<=x<=65536",)
+        needles = ("--max-batch must be between 1 and 65536",)
     elif case == "not-empty":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
