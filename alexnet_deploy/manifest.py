@@ -24,6 +24,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from alexnet_deploy.card import Contract, ModelCard, printable
 from alexnet_deploy.errors import UserError
+from alexnet_deploy.utils import NotRegularFile, sha256_file
 
 SCHEMA = 1
 MAX_BATCH = 65536  # the largest batch range a manifest may declare (benchmark, validate allocate from it)
@@ -362,16 +363,11 @@ def verify_integrity(manifest: Manifest, artifact: Artifact) -> str | None:
     return None
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    # O_NONBLOCK: a FIFO swapped in after the check must not hang the read
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise Uncontained(f"{printable(path.name)} is not a regular file; refusing to read it")
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def _sha256(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except NotRegularFile:
+        raise Uncontained(f"{printable(path.name)} is not a regular file; refusing to read it") from None
 
 
 def _dir_hash(path: Path, base: Path | None = None) -> str:

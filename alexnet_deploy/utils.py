@@ -17,9 +17,17 @@ from typing import Any
 from alexnet_deploy.errors import UserError, os_error_from
 
 
+class NotRegularFile(UserError):
+    """A path that was to be hashed is not a regular file (a FIFO, a device, a folder)."""
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    # O_NONBLOCK: a FIFO swapped in after a caller's checks must not hang the read
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file; refusing to read it")
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
