@@ -80,7 +80,7 @@ def data() -> None:
 def data_demo(out, classes, per_class, size, seed):
     """Write a deterministic ImageFolder (train/ val/ test/) of drawn shapes."""
     from alexnet_deploy.data import make_demo
-    from alexnet_deploy.utils import check_output_dir
+    from alexnet_deploy.files import check_output_dir
 
     check_output_dir(out, staged=True)
 
@@ -204,7 +204,7 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
                         plot: Path | None = None) -> None:
     """Reports are written after minutes of work: check they can be written before it starts.
     The default report goes inside the export folder, which may be read-only (a shared mount)."""
-    from alexnet_deploy.utils import check_output_file
+    from alexnet_deploy.files import check_output_file
 
     if report is None and not export_dir.is_dir():
         return  # the command itself says the export folder is missing
@@ -278,8 +278,8 @@ def predict(artifact, images, top, backend):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output .npy file.")
 def preprocess(images, card, out):
     """Write IMAGES as one float32 NCHW .npy batch with the card's preprocessing (for C++ programs)."""
+    from alexnet_deploy.files import check_output_file
     from alexnet_deploy.preprocess import run_preprocess
-    from alexnet_deploy.utils import check_output_file
 
     check_output_file(out)
     run_preprocess(list(images), card, out)

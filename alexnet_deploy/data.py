@@ -144,7 +144,7 @@ def load_image(path: str) -> Image.Image:
     default): over twice that the image is refused before decoding; between 1x and 2x it decodes,
     with our one-line warning instead of Pillow's two-line DecompressionBombWarning.
     """
-    from alexnet_deploy.utils import image_path_problem
+    from alexnet_deploy.files import image_path_problem
 
     problem = image_path_problem(path)
     if problem:

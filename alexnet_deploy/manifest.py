@@ -24,7 +24,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from alexnet_deploy.card import Contract, ModelCard, printable
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.utils import NotRegularFile, sha256_file
+from alexnet_deploy.files import NotRegularFile, sha256_file
 
 SCHEMA = 1
 MAX_BATCH = 65536  # the largest batch range a manifest may declare (benchmark, validate allocate from it)
@@ -269,7 +269,7 @@ class Manifest(Contract):
         return d
 
     def write(self, root: str | os.PathLike) -> Path:
-        from alexnet_deploy.utils import write_json
+        from alexnet_deploy.files import write_json
 
         path = Path(root) / "manifest.json"
         write_json(path, self.to_dict())

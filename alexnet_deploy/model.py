@@ -194,7 +194,8 @@ def save_weights(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> 
     """Write safetensors with the card in the metadata, atomically."""
     from safetensors.torch import save_file
 
-    from alexnet_deploy.utils import atomic_path, library_versions
+    from alexnet_deploy.files import atomic_path
+    from alexnet_deploy.machine import library_versions
 
     if not card.versions:
         card.versions = library_versions()

@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.utils import check_output_dir, is_our_export, overlap, write_json
+from alexnet_deploy.files import check_output_dir, is_our_export, overlap, write_json
 
 console = Console(stderr=False)
 

@@ -88,7 +88,7 @@ def infer(target: Target, batch: np.ndarray) -> np.ndarray:
         raise UserError(f"{problem} (refusing to load it)")
     hi = max(1, target.artifact.batch.max)
     try:
-        with get_runner(target.runner)(target.manifest, target.artifact) as runner:
+        with get_runner(target.runner).from_artifact(target.manifest, target.artifact) as runner:
             return np.concatenate([runner.infer(np.ascontiguousarray(batch[i:i + hi]))
                                    for i in range(0, len(batch), hi)])
     except (UserError, CheckFailed):

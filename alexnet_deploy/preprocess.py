@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.utils import image_path_problem
+from alexnet_deploy.files import image_path_problem
 
 
 def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
@@ -34,8 +34,8 @@ def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
             raise UserError(problem)
     # torch and torchvision load only now, so the checks above answer at once.
     from alexnet_deploy.data import preprocess_files
+    from alexnet_deploy.files import atomic_path
     from alexnet_deploy.model import read_card
-    from alexnet_deploy.utils import atomic_path
 
     model_card = read_card(card_path)
     batch = np.ascontiguousarray(preprocess_files(list(images), model_card), dtype=np.float32)

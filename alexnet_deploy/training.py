@@ -32,8 +32,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from alexnet_deploy import data as data_lib
 from alexnet_deploy.errors import UserError
+from alexnet_deploy.files import atomic_path, check_output_dir, remove_stale_temp_files, write_text
 from alexnet_deploy.model import INITS, MODELS, InputSpec, ModelCard, build_model, load_weights, save_weights
-from alexnet_deploy.utils import atomic_path, check_output_dir, remove_stale_temp_files, write_text
 
 CHECKPOINT = "checkpoint.pt"
 CACHE_MAX_BYTES = 256 << 20  # data sets up to this size on disk are decoded once and kept in memory
@@ -317,7 +317,7 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    from alexnet_deploy.roofline import cpu_has_bf16
+    from alexnet_deploy.machine import cpu_has_bf16
 
     return torch.bfloat16 if cpu_has_bf16() else None
 

@@ -114,8 +114,8 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
              fail_fast: bool = False, random_inputs: int = RANDOM_INPUTS, seed: int = 0,
              progress: Callable[[str], None] | None = None) -> ValidationReport:
     """Validate every artifact of `export_dir` (or the `backends` named) against torch eager."""
+    from alexnet_deploy.machine import library_versions
     from alexnet_deploy.runtimes import get_runner
-    from alexnet_deploy.utils import library_versions
 
     say = progress or (lambda _msg: None)
     manifest = Manifest.read(_export_folder(export_dir))
@@ -313,7 +313,7 @@ def _check(result: ValidationResult, runner_cls, manifest: Manifest, artifact: A
         _fail(result, problem)
         return
     try:
-        outputs = _run(result, runner_cls(manifest, artifact), inputs.batch)
+        outputs = _run(result, runner_cls.from_artifact(manifest, artifact), inputs.batch)
     except Exception as e:  # any runtime's failure to load or run is this artifact's FAIL
         _fail(result, f"{type(e).__name__}: {_first_line(e)}")
         return

@@ -28,7 +28,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
-from alexnet_deploy.bench import default_threads, machine_info, machine_slug  # noqa: E402
 from alexnet_deploy.bench.harness import (  # noqa: E402
     make_inputs,
     precision_name,
@@ -36,9 +35,9 @@ from alexnet_deploy.bench.harness import (  # noqa: E402
     time_runner,
 )
 from alexnet_deploy.errors import UserError  # noqa: E402
+from alexnet_deploy.machine import default_threads, library_versions, machine_info, machine_slug  # noqa: E402
 from alexnet_deploy.manifest import Artifact, Manifest  # noqa: E402
 from alexnet_deploy.report import markdown_table, write_report  # noqa: E402
-from alexnet_deploy.utils import library_versions  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +63,7 @@ def harness_median(runner_name: str, manifest: Manifest, artifact: Artifact, bat
     """The harness's own path: the registered runner, timed by time_runner (as benchmark() does)."""
     from alexnet_deploy.runtimes import get_runner
 
-    runner = get_runner(runner_name)(manifest, artifact, threads=threads).activate()
+    runner = get_runner(runner_name).from_artifact(manifest, artifact, threads=threads).activate()
     try:
         inputs = make_inputs(batch, manifest.card.input.shape)
         runner.infer(inputs[0])

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from alexnet_deploy.bench import benchmark, machine_slug  # noqa: E402
+from alexnet_deploy.bench import benchmark  # noqa: E402
+from alexnet_deploy.machine import machine_slug  # noqa: E402
 from alexnet_deploy.report import markdown_table, write_report  # noqa: E402
 
 FORMATS = ["onnx", "openvino", "aoti", "torchscript"]

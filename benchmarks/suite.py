@@ -21,9 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
-from alexnet_deploy.bench import benchmark, machine_slug  # noqa: E402
+from alexnet_deploy.bench import benchmark  # noqa: E402
 from alexnet_deploy.bench.output import print_table, write_outputs  # noqa: E402
 from alexnet_deploy.errors import UserError  # noqa: E402
+from alexnet_deploy.machine import machine_slug  # noqa: E402
 
 # Every format that runs on a CPU; formats that cannot be exported here are skipped by export_all.
 CPU_FORMATS = ["torchscript", "onnx", "torch-export", "aoti", "openvino"]

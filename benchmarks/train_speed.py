@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alexnet_deploy.machine import cpu_flags, cpu_has_bf16, library_versions
 from alexnet_deploy.model import build_model
 from alexnet_deploy.report import markdown_table, write_report
-from alexnet_deploy.roofline import cpu_flags, cpu_has_bf16
 from alexnet_deploy.training import TrainConfig, make_optimizer
-from alexnet_deploy.utils import library_versions
 
 
 def cpu_model() -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_cli
 
+from alexnet_deploy.bench.roofline import floor_ms, model_cost
 from alexnet_deploy.bench.timing import (
     LatencyStats,
     PeakMemory,
@@ -18,7 +19,6 @@ from alexnet_deploy.bench.timing import (
     time_calls,
     windows_agree,
 )
-from alexnet_deploy.roofline import floor_ms, model_cost
 
 LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "max"}
 RESULT_KEYS = {"backend", "format", "precision", "batch_size", "threads", "load_s", "first_inference_ms",
@@ -145,7 +145,7 @@ def test_floor_grows_with_batch_and_shrinks_with_precision():
 
 # -- the command on a real export ------------------------------------------------------------------
 def _onnxruntime_or_skip():
-    from alexnet_deploy.runtimes.onnxruntime_runner import ort_cpu_unavailable_reason
+    from alexnet_deploy.backends.onnxruntime.runner import ort_cpu_unavailable_reason
 
     if reason := ort_cpu_unavailable_reason():
         pytest.skip(reason)

@@ -17,6 +17,12 @@ from conftest import assert_user_error, run_cli
 from PIL import Image
 
 from alexnet_deploy import data
+from alexnet_deploy.calibration import (
+    calibration_batches,
+    load_calibration,
+    resolve_calib_data,
+    uniform_batch,
+)
 from alexnet_deploy.data import (
     MAX_RESIZED_PIXELS,
     image_folder,
@@ -27,12 +33,6 @@ from alexnet_deploy.data import (
     training_splits,
 )
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters.calibration import (
-    calibration_batches,
-    load_calibration,
-    resolve_calib_data,
-    uniform_batch,
-)
 from alexnet_deploy.model import InputSpec, ModelCard
 
 CARD = ModelCard(arch="alexnet", num_classes=3, classes=["circle", "square", "triangle"],
@@ -301,7 +301,7 @@ def test_int8_calibration_works_for_counts_that_are_not_multiples_of_the_batch(t
     import onnx
     import onnxruntime as ort
 
-    from alexnet_deploy.exporters.onnx import quantize_static_int8
+    from alexnet_deploy.backends.onnx.export import quantize_static_int8
 
     fp32 = _tiny_onnx(tmp_path / "tiny.onnx")
     calib = np.random.default_rng(count).standard_normal((count, 3, 13, 13)).astype(np.float32)

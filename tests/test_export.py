@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
 
+from alexnet_deploy.calibration import split_sizes
 from alexnet_deploy.data import check_class_folders, resolve_split
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import EXPORTERS, ExportContext, check_artifact, plan_formats
-from alexnet_deploy.exporters.calibration import split_sizes
+from alexnet_deploy.files import sha256_file
 from alexnet_deploy.manifest import Manifest, verify_integrity
 from alexnet_deploy.model import InputSpec, ModelCard, build_model, load_weights, save_weights
-from alexnet_deploy.utils import sha256_file
 
 CPU_ARTIFACTS = {("torchscript", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
                  ("torch-export", "fp32"), ("aoti", "fp32"), ("openvino", "fp32")}
@@ -89,7 +89,7 @@ def test_calibration_split_never_overlaps_and_keeps_both_parts():
 # The model card inside the artifacts
 # ---------------------------------------------------------------------------------------------
 def test_card_round_trips_through_onnx_metadata(exported_dir, manifest):
-    from alexnet_deploy.exporters.onnx import read_card_metadata
+    from alexnet_deploy.backends.onnx.export import read_card_metadata
 
     for a in manifest.find("onnx"):
         meta = read_card_metadata(exported_dir / a.path)

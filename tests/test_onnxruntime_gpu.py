@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_tensorrt import CARD, MAX_BATCH, tiny_onnx
 
+from alexnet_deploy.backends.onnxruntime.runner import OrtCudaRunner, OrtTensorRTRunner
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact
 from alexnet_deploy.runtimes import RUNNERS
-from alexnet_deploy.runtimes.onnxruntime_cuda import OrtCudaRunner, OrtTensorRTRunner
 
 GPU_RUNNERS = ["onnxruntime-cuda", "onnxruntime-tensorrt"]
 
@@ -42,7 +42,7 @@ def test_unavailable_here_with_a_clear_reason(name, tmp_path):
         ("has no" in reason and "install onnxruntime-gpu" in reason), reason
     manifest, art = _manifest(tmp_path)
     with pytest.raises(UserError, match=f"backend {name} cannot run here: {reason}"):
-        RUNNERS[name](manifest, art).activate()
+        RUNNERS[name].from_artifact(manifest, art).activate()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -76,7 +76,7 @@ def test_real_gpu_session_matches_onnxruntime_cpu(name, tmp_path):
     x = torch.randn(3, *CARD.input.shape, generator=torch.Generator().manual_seed(0)).numpy()
     ref = ort.InferenceSession(str(tmp_path / art.path), providers=["CPUExecutionProvider"]).run(
         None, {"images": x})[0]
-    with RUNNERS[name](manifest, art) as runner:
+    with RUNNERS[name].from_artifact(manifest, art) as runner:
         got = runner.infer(x)
     # same function on the GPU; exact fp32 limits are validate's job (the TensorRT EP may use TF32)
     np.testing.assert_allclose(got, ref, atol=1e-2, rtol=1e-2)

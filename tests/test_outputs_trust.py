@@ -149,7 +149,7 @@ def test_disk_full_export_is_one_line_and_leaves_nothing(capsys, tmp_path, rando
 
 def test_disk_full_torch_save_names_the_file(tmp_path):  # 97: the checkpoint writer's words
     from alexnet_deploy.errors import expected_failure
-    from alexnet_deploy.utils import atomic_path
+    from alexnet_deploy.files import atomic_path
 
     small = tmp_path / "small"
     with tmpfs(small, size="1m"):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_cli
 
+from alexnet_deploy.machine import cpu_flags
 from alexnet_deploy.manifest import Manifest
-from alexnet_deploy.roofline import cpu_flags
 from alexnet_deploy.runtimes import RUNNERS, get_runner, runners_for
 from alexnet_deploy.tolerances import limits_for
 
@@ -27,7 +27,7 @@ def manifest(exported_dir) -> Manifest:
 @pytest.fixture(scope="module")
 def recommended_dir(exported_dir, tmp_path_factory):
     """A copy of the shared export with a `recommended` section from a very brief timing run."""
-    from alexnet_deploy.recommend import recommend_export
+    from alexnet_deploy.bench.recommend import recommend_export
 
     out = tmp_path_factory.mktemp("recommend") / "export"
     shutil.copytree(exported_dir, out)
@@ -39,7 +39,7 @@ def recommended_dir(exported_dir, tmp_path_factory):
 # int8
 # ---------------------------------------------------------------------------------------------
 def test_int8_onnx_has_only_zero_zero_points_so_tensorrt_builds_it(exported_dir, manifest):
-    from alexnet_deploy.exporters.tensorrt import has_nonzero_zero_points
+    from alexnet_deploy.backends.tensorrt.export import has_nonzero_zero_points
 
     (art,) = manifest.find("onnx", "int8")
     assert art.extra["quantization"]["symmetric"] is True
@@ -60,14 +60,14 @@ def test_int8_artifacts_agree_with_eager_on_labelled_images(manifest):
 
     labelled = load_labelled(manifest.card.data["val"], manifest.card, limit=40, seed=0)
     val = labelled.images
-    with get_runner("torch-eager")(manifest, manifest.weights_artifact()) as eager:
+    with get_runner("torch-eager").from_artifact(manifest, manifest.weights_artifact()) as eager:
         ref = eager.infer(val).argmax(1)
     accuracy = float((ref == labelled.labels).mean())
     assert accuracy >= 0.9, "exported_dir's model should have learned the demo classes"
     choices = [c for c in runners_for(manifest) if c.artifact.precision == "int8" and c.available]
     assert choices
     for c in choices:
-        with get_runner(c.runner)(manifest, c.artifact) as runner:
+        with get_runner(c.runner).from_artifact(manifest, c.artifact) as runner:
             got = np.concatenate([runner.infer(val[i:i + 8]).argmax(1) for i in range(0, len(val), 8)])
         assert (got == ref).mean() >= limits_for("int8").min_top1_agreement, (c.runner, c.artifact.path)
 
@@ -87,9 +87,9 @@ def test_openvino_bf16_runs_only_fp32_files_and_reports_bf16(manifest):
 
 
 def test_openvino_bf16_says_why_it_cannot_run_without_bf16_units(monkeypatch):
-    import alexnet_deploy.roofline as roofline
+    import alexnet_deploy.machine as machine
 
-    monkeypatch.setattr(roofline, "cpu_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512f"})
     reason = RUNNERS["openvino-bf16"].unavailable_reason()
     assert reason and "avx512_bf16" in reason and "amx_bf16" in reason
 
@@ -98,11 +98,11 @@ def test_openvino_bf16_says_why_it_cannot_run_without_bf16_units(monkeypatch):
 def test_openvino_bf16_matches_eager_within_the_bf16_limits(manifest):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, *manifest.card.input.shape)).astype(np.float32)
-    with get_runner("torch-eager")(manifest, manifest.weights_artifact()) as eager:
+    with get_runner("torch-eager").from_artifact(manifest, manifest.weights_artifact()) as eager:
         ref = eager.infer(x)
     limits = limits_for("bf16")
     for c in runners_for(manifest, ["openvino-bf16"]):
-        with get_runner(c.runner)(manifest, c.artifact) as runner:
+        with get_runner(c.runner).from_artifact(manifest, c.artifact) as runner:
             y = runner.infer(x)
             assert "bf16" in runner.effective_precision
         # bf16 has 8 significant bits (relative step 2^-8 = 0.4 %): the logit vectors stay within 1 %

@@ -28,7 +28,7 @@ def reference(manifest):
     """Eager logits for one seeded batch of the artifacts' max size."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, *manifest.card.input.shape)).astype(np.float32)
-    with get_runner("torch-eager")(manifest, manifest.weights_artifact()) as eager:
+    with get_runner("torch-eager").from_artifact(manifest, manifest.weights_artifact()) as eager:
         return x, eager.infer(x)
 
 
@@ -45,7 +45,7 @@ def test_runner_matches_eager_at_batch_1_3_and_max(name, manifest, reference):
             pytest.skip(f"{name} cannot run here: {choice.reason}")
         art = choice.artifact
         limits = limits_for(art.precision)
-        with RUNNERS[name](manifest, art) as runner:
+        with RUNNERS[name].from_artifact(manifest, art) as runner:
             for n in (1, 3, art.batch["max"] if art.format != "weights" else 8):
                 y = runner.infer(np.ascontiguousarray(x[:n]))
                 assert y.shape == (n, manifest.card.num_classes) and y.dtype == np.float32
@@ -72,7 +72,7 @@ def test_every_cpu_runner_is_registered_and_available_here():
 ])
 def test_wrong_input_gets_a_clear_error(bad, needle, manifest):
     (art,) = manifest.find("onnx", "fp32")
-    with get_runner("onnxruntime-cpu")(manifest, art) as runner:
+    with get_runner("onnxruntime-cpu").from_artifact(manifest, art) as runner:
         with pytest.raises(UserError) as e:
             runner.infer(bad)
     assert needle in str(e.value) and "onnxruntime-cpu" in str(e.value)
@@ -81,7 +81,7 @@ def test_wrong_input_gets_a_clear_error(bad, needle, manifest):
 def test_openvino_runs_fp32_in_fp32_and_reads_onnx_directly(manifest, reference):
     x, ref = reference
     for art in (manifest.find("openvino")[0], manifest.find("onnx", "fp32")[0]):
-        with get_runner("openvino")(manifest, art) as runner:
+        with get_runner("openvino").from_artifact(manifest, art) as runner:
             assert runner.effective_precision == "f32"
             np.testing.assert_allclose(runner.infer(x[:2]), ref[:2], atol=1e-4, rtol=1e-3)
 

@@ -16,12 +16,12 @@ from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
 from fake_tensorrt import calls_named, make_tensorrt
 from onnx import TensorProto, helper
 
-import alexnet_deploy.exporters.tensorrt as trt_export
+import alexnet_deploy.backends.tensorrt.export as trt_export
+from alexnet_deploy.backends.tensorrt.util import Sidecar, tensorrt_unavailable_reason
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters.base import ExportContext
+from alexnet_deploy.exporters import ExportContext
 from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact, verify_integrity
 from alexnet_deploy.model import InputSpec, ModelCard
-from alexnet_deploy.runtimes.tensorrt_runner import check_built_here, tensorrt_unavailable_reason
 
 CARD = ModelCard(num_classes=10, input=InputSpec.for_size(TEST_IMAGE_SIZE))
 GPU = {"name": "Stand-in GPU", "compute_capability": "9.0", "cuda": "12.8"}
@@ -199,13 +199,26 @@ def test_trt11_fp16_engine_io_types_come_from_the_fp16_graph(fake_trt, tmp_path)
 
 
 def test_engine_from_another_gpu_or_version_is_refused_clearly():
-    side = {"tensorrt_version": "10.9.0", "gpu": {"name": "H100", "compute_capability": "9.0"}}
+    side = Sidecar("e.engine", tensorrt_version="10.9.0", gpu={"name": "H100", "compute_capability": "9.0"})
     here = {"name": "RTX 4090", "compute_capability": "8.9"}
     with pytest.raises(UserError, match="built for H100 .*8.9"):
-        check_built_here(side, "e.engine", "10.9.0", here)
+        side.check_built_here("e.engine", "10.9.0", here)
     with pytest.raises(UserError, match="TensorRT 10.9.0 but TensorRT 10.13.0"):
-        check_built_here(side, "e.engine", "10.13.0", {**here, "compute_capability": "9.0"})
-    check_built_here(side, "e.engine", "10.9.0", {"name": "H100 NVL", "compute_capability": "9.0"})
+        side.check_built_here("e.engine", "10.13.0", {**here, "compute_capability": "9.0"})
+    side.check_built_here("e.engine", "10.9.0", {"name": "H100 NVL", "compute_capability": "9.0"})
+
+
+def test_sidecar_round_trips_and_unreadable_sidecars_are_one_line(tmp_path):
+    side = Sidecar("e.engine", tensorrt_version="10.9.0", gpu={"name": "H100", "compute_capability": "9.0"},
+                   settings={"workspace_bytes": 1 << 30}, io={"images": {"dtype": "float32"}}, build_s=1.5)
+    side.write(tmp_path / "e.engine.json")
+    flat = json.loads((tmp_path / "e.engine.json").read_text())
+    assert flat["workspace_bytes"] == 1 << 30 and "settings" not in flat  # settings written flat
+    assert Sidecar.read(tmp_path / "e.engine.json", "e.engine") == side
+    assert Sidecar.read(tmp_path / "missing.json", "e.engine") == Sidecar("e.engine")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a JSON object"):
+        Sidecar.read(tmp_path / "bad.json", "e.engine")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,8 +272,8 @@ def test_real_engine_matches_eager(random_weights, tmp_path):
     reason = tensorrt_unavailable_reason()
     if reason:
         pytest.skip(reason)
+    from alexnet_deploy.backends.tensorrt.runner import TensorRTRunner
     from alexnet_deploy.model import load_weights
-    from alexnet_deploy.runtimes.tensorrt_runner import TensorRTRunner
     from alexnet_deploy.tolerances import limits_for
 
     model, card = load_weights(random_weights)

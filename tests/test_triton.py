@@ -12,10 +12,10 @@ import pytest
 from fake_tensorrt import make_tensorrt
 from test_tensorrt import GPU, MAX_BATCH, onnx_context
 
-import alexnet_deploy.exporters.tensorrt as trt_export
-from alexnet_deploy.exporters.triton import TritonExporter, triton_unavailable_reason
+import alexnet_deploy.backends.tensorrt.export as trt_export
+from alexnet_deploy.backends.triton.export import TritonExporter, triton_unavailable_reason
+from alexnet_deploy.files import sha256_file
 from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact, verify_integrity
-from alexnet_deploy.utils import sha256_file
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
 from google.protobuf import text_format  # noqa: E402
@@ -123,8 +123,7 @@ def test_reexport_replaces_model_dirs_without_leftovers(tmp_path):
 
 
 def test_triton_is_exported_after_the_formats_it_serves():
-    from alexnet_deploy.exporters import plan_formats
-    from alexnet_deploy.exporters.base import EXPORTERS
+    from alexnet_deploy.exporters import EXPORTERS, plan_formats
 
     assert EXPORTERS["triton"].requires == ("onnx",)
     assert plan_formats(["triton"])[0] == ["onnx", "triton"]  # onnx is added, torchscript is not

@@ -253,7 +253,7 @@ def test_a_wrong_input_shape_gets_the_runners_clear_error(exported_dir):
     name = onnx_cpu_runner(exported_dir)
     art = manifest.find("onnx", "fp32")[0]
     c, h, w = manifest.card.input.shape
-    with get_runner(name)(manifest, art) as runner:
+    with get_runner(name).from_artifact(manifest, art) as runner:
         with pytest.raises(UserError, match=rf"expected input of shape \(N, {c}, {h}, {w}\), "
                                             rf"got \(2, {c}, {h // 2}, {w // 2}\)"):
             runner.infer(np.zeros((2, c, h // 2, w // 2), np.float32))

@@ -4,7 +4,7 @@ entry point (prints the table, writes JSON, Markdown and the PNG plot).
     timing.py    warm-up, stability windows, percentiles, overhead, peak memory, CUDA events
     harness.py   what to run, the runner loop, the report dataclasses
     output.py    rich table, Markdown, plots
-    ../roofline.py  the machine's peak rates and the model's floor time
+    roofline.py  the machine's peak rates and the model's floor time
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from alexnet_deploy.bench.harness import (  # noqa: F401
     BenchResult,
     Skip,
     benchmark,
-    default_threads,
-    machine_info,
-    machine_slug,
 )
 from alexnet_deploy.bench.output import print_table, render_markdown, write_outputs  # noqa: F401
 from alexnet_deploy.bench.timing import LatencyStats, Timing, time_calls, windows_agree  # noqa: F401

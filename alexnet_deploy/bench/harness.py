@@ -4,12 +4,10 @@ machine's roofline measured in the same run. Results are dataclasses; the JSON k
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,13 +21,12 @@ from alexnet_deploy.bench.timing import (
     time_calls,
 )
 from alexnet_deploy.errors import CheckFailed, UserError
+from alexnet_deploy.machine import default_threads, machine_info
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)
 INPUT_BUFFERS = 4  # inputs rotate over these so no runtime can answer from a cached input
 INPUT_BUFFER_BUDGET = 256 << 20  # fewer buffers (at least two) when large batches would exceed it
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve")
 METHOD = {
     "latency": "host wall clock (time.perf_counter) around each infer() call on numpy input, output "
                "copied back; CUDA runners with device tensors: pinned host -> device copy, compute, "
@@ -105,60 +102,6 @@ class BenchmarkReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# The machine
-# ---------------------------------------------------------------------------------------------
-def default_threads() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, Any]:
-    import psutil
-
-    from alexnet_deploy.roofline import cpu_flags, last_level_cache_bytes
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    llc = last_level_cache_bytes()
-    return {
-        "cpu": model,
-        "cores_physical": psutil.cpu_count(logical=False),
-        "cores_logical": psutil.cpu_count(logical=True),
-        "isa": [f for f in ISA_FLAGS if f in cpu_flags()],
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "llc_mb": round(llc / 2**20, 1) if llc else None,
-        "gpu": _gpu_name(),
-        "os": platform.platform(),
-        "load_avg_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
-
-
-def _gpu_name() -> str | None:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-
-
-def machine_slug(machine: dict[str, Any]) -> str:
-    """A file-name-safe machine name: the CPU model and core count (and the GPU when there is one)."""
-    import re
-
-    words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*", " ", machine.get("cpu", "cpu").lower())
-    parts = [w for w in re.split(r"[^a-z0-9]+", words) if w][:4]
-    name = "-".join(parts + [f"{machine.get('cores_logical', 0)}c"])
-    if machine.get("gpu"):
-        name += "-" + "-".join(re.split(r"[^a-z0-9]+", machine["gpu"].lower())[-2:]).strip("-")
-    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +195,7 @@ class _RunContext:
 def _bench_runner(ctx: _RunContext, runner_name: str, artifact: Artifact,
                   results: list[BenchResult], skips: list[Skip]) -> None:
     """Load once, then every batch size in ascending order; peaks are per runner, cumulative."""
-    from alexnet_deploy.roofline import floor_ms
+    from alexnet_deploy.bench.roofline import floor_ms
     from alexnet_deploy.runtimes import get_runner
 
     cls = get_runner(runner_name)
@@ -335,8 +278,8 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     """Time every available runner on every batch size; see METHOD and roofline.FORMULA."""
     import torch
 
-    from alexnet_deploy import roofline
-    from alexnet_deploy.utils import library_versions
+    from alexnet_deploy.bench import roofline
+    from alexnet_deploy.machine import library_versions
 
     if any(b < 1 for b in batch_sizes):
         raise UserError(f"batch sizes must be >= 1, got {list(batch_sizes)}")

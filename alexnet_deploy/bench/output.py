@@ -111,7 +111,7 @@ def plot(report: BenchmarkReport, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullLocator
 
-    from alexnet_deploy.utils import atomic_path
+    from alexnet_deploy.files import atomic_path
 
     series: dict[str, list[BenchResult]] = defaultdict(list)
     for r in report.results:

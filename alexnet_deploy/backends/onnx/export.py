@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters.base import ExportContext, Exporter, register_exporter
+from alexnet_deploy.exporters import ExportContext, Exporter
+from alexnet_deploy.files import atomic_path
 from alexnet_deploy.manifest import Artifact
 from alexnet_deploy.model import ModelCard
-from alexnet_deploy.utils import atomic_path
 
 INPUT, OUTPUT = "images", "logits"
 MIN_OPSET = 18  # the dynamo exporter's floor; lower requests fall back to 18 silently
@@ -64,7 +64,6 @@ def read_card_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-@register_exporter
 class OnnxExporter(Exporter):
     name = "onnx"
     needs_calibration = True  # the int8 file
@@ -76,6 +75,10 @@ class OnnxExporter(Exporter):
             if importlib.util.find_spec(module) is None:
                 return f"{module} is not installed (pip install {hint.split(',')[0]}; needed: {hint})"
         return None
+
+    @classmethod
+    def check_request(cls, opset: int) -> None:
+        check_opset(opset)
 
     def export(self, ctx: ExportContext) -> list[Artifact]:
         fp32 = self._export_torch(ctx, ctx.model, "fp32")
@@ -204,7 +207,7 @@ def quantize_static_int8(fp32_path: Path, dst: Path, calib: np.ndarray, batch: i
 def quantize_int8(ctx: ExportContext, fp32_path: Path) -> Artifact:
     import onnx
 
-    from alexnet_deploy.exporters.calibration import load_calibration
+    from alexnet_deploy.calibration import load_calibration
 
     started = time.perf_counter()
     data = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images)
@@ -229,7 +232,7 @@ class _Reader:
     calibration.uniform_batch), then None."""
 
     def __init__(self, images: np.ndarray, batch: int) -> None:
-        from alexnet_deploy.exporters.calibration import calibration_batches
+        from alexnet_deploy.calibration import calibration_batches
 
         self._batches = iter(calibration_batches(images, batch))
 

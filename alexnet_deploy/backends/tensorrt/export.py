@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from alexnet_deploy.backends.tensorrt.util import Sidecar, gpu_info, tensorrt_unavailable_reason
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters.base import ExportContext, Exporter, register_exporter
+from alexnet_deploy.exporters import ExportContext, Exporter
+from alexnet_deploy.files import atomic_path, sha256_file
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.runtimes.tensorrt_runner import tensorrt_unavailable_reason
-from alexnet_deploy.utils import atomic_path, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,6 @@ def has_nonzero_zero_points(path: Path) -> bool:
     return any(numpy_helper.to_array(consts[z]).any() for z in zero_points if z in consts)
 
 
-def gpu_info() -> dict[str, str]:
-    """The GPU the engine is built for: engines do not move across compute capabilities."""
-    import torch
-
-    dev = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(dev)
-    return {"name": torch.cuda.get_device_name(dev), "compute_capability": f"{major}.{minor}",
-            "cuda": str(torch.version.cuda)}
-
-
-@register_exporter
 class TensorRTExporter(Exporter):
     name = "tensorrt"
     requires = ("onnx",)
@@ -219,14 +208,8 @@ class TensorRTExporter(Exporter):
         engine = ctx.out / SUBDIR / f"alexnet_{s.precision}.engine"
         io = build_engine(trt, ctx.out, s, engine)
         sidecar = engine.with_name(engine.name + ".json")
-        write_json(sidecar, {
-            "engine": engine.name,
-            "tensorrt_version": str(trt.__version__),
-            "gpu": gpu,
-            **asdict(s),
-            "io": io,
-            "build_s": round(time.perf_counter() - started, 3),
-        })
+        Sidecar(engine=engine.name, tensorrt_version=str(trt.__version__), gpu=gpu, settings=asdict(s),
+                io=io, build_s=round(time.perf_counter() - started, 3)).write(sidecar)
         rel = str(sidecar.relative_to(ctx.out))
         return ctx.artifact(engine, "tensorrt", s.precision, started, device="cuda",
                             input_name=s.input_name, output_name=s.output_name,

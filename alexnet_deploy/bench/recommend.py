@@ -52,8 +52,8 @@ def recommend_export(export_dir, target: str = "cpu", threads: int | None = None
                      log=lambda msg: None) -> dict[str, Any]:
     """Recommend for an existing export folder (e.g. copied to another machine): the checks compare
     with eager on the export's own copy of the weights; the manifest is rewritten in place."""
+    from alexnet_deploy.calibration import resolve_calib_data
     from alexnet_deploy.exporters import ExportContext
-    from alexnet_deploy.exporters.calibration import resolve_calib_data
     from alexnet_deploy.model import load_weights
 
     manifest = Manifest.read(export_dir)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from alexnet_deploy.machine import cpu_has_bf16, last_level_cache_bytes
 
 FORMULA = ("floor_ms = sum over layer groups (conv, fc) of max(2*MACs*batch / the fastest measured "
            "matmul rate that may compute the artifact's precision (fp32: fp32 or TF32; fp16: fp16 or "
@@ -148,34 +149,6 @@ def _read_gbps(nbytes: int, device: str, reps: int, sync) -> float:
     seconds = min(_best_seconds(lambda: x.sum(), reps, sync),
                   _best_seconds(lambda: torch.mv(x, v), reps, sync))
     return x.numel() * 4 / seconds / 1e9
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic (AVX512-BF16 or AMX-BF16); elsewhere bf16 is emulated, slower than fp32."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def last_level_cache_bytes() -> int | None:
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    sizes = []
-    for idx in sorted(base.glob("index*")):
-        try:
-            text = (idx / "size").read_text().strip()
-        except OSError:
-            continue
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KMG")) * mult)
-    return max(sizes) if sizes else None
 
 
 def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters.base import ExportContext, Exporter, register_exporter
+from alexnet_deploy.exporters import ExportContext, Exporter
+from alexnet_deploy.files import write_text
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.utils import write_text
 
 SUBDIR = "triton"
 LABELS = "labels.txt"
@@ -136,7 +136,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-@register_exporter
 class TritonExporter(Exporter):
     name = "triton"
     requires = ("onnx",)

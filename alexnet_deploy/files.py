@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import shutil
 import stat
 import tempfile
@@ -288,24 +287,6 @@ def remove_stale_temp_files(folder: str | os.PathLike, stem: str, say=print) -> 
         say(f"removed {len(removed)} temporary file(s) of killed runs in {folder}: "
             + ", ".join(p.name for p in removed))
     return removed
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of every library that can change an artifact's numbers; absent ones are omitted."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version(), "alexnet_deploy": _own_version()}
-    for dist in ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
-                 "openvino", "tensorrt", "numpy", "safetensors"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
-    return versions
-
-
-def _own_version() -> str:
-    from alexnet_deploy import __version__
-
-    return __version__
 
 
 def image_path_problem(path: str | os.PathLike) -> str | None:

@@ -1,5 +1,8 @@
 """The Runner interface (after Polygraphy: activate / infer / deactivate, public methods check,
-subclasses implement `*_impl`) and the registry every command dispatches through."""
+subclasses implement `*_impl`) and the registry every command dispatches through.
+
+Runners live in their backend's package (alexnet_deploy/backends/<name>/runner.py); heavy runtimes
+(onnxruntime, openvino, tensorrt) are imported only inside `activate`, so listing runners costs nothing."""
 
 from __future__ import annotations
 
@@ -13,15 +16,27 @@ import numpy as np
 from alexnet_deploy.card import printable
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.manifest import Artifact, Manifest
+from alexnet_deploy.registry import Registry
 
-RUNNERS: dict[str, type[Runner]] = {}
-
-
-def register_runner(cls: type[Runner]) -> type[Runner]:
-    if cls.name in RUNNERS:
-        raise ValueError(f"runner {cls.name!r} is already registered")
-    RUNNERS[cls.name] = cls
-    return cls
+# Order matters: `runners_for` lists runners in it and export's post-export check takes the first
+# available one that accepts an artifact; torch eager (the reference) comes first. Adding a backend
+# is one line here per runner it brings.
+RUNNERS = Registry("runner", (
+    ("torch-eager", "alexnet_deploy.backends.torch.runner:TorchEagerRunner"),
+    ("torchscript", "alexnet_deploy.backends.torch.runner:TorchScriptRunner"),
+    ("torch-export", "alexnet_deploy.backends.torch.runner:TorchExportRunner"),
+    ("aoti", "alexnet_deploy.backends.torch.runner:AotiRunner"),
+    ("torch-eager-cuda", "alexnet_deploy.backends.torch.runner:TorchEagerCudaRunner"),
+    ("torchscript-cuda", "alexnet_deploy.backends.torch.runner:TorchScriptCudaRunner"),
+    ("torch-export-cuda", "alexnet_deploy.backends.torch.runner:TorchExportCudaRunner"),
+    ("aoti-cuda", "alexnet_deploy.backends.torch.runner:AotiCudaRunner"),
+    ("onnxruntime-cpu", "alexnet_deploy.backends.onnxruntime.runner:OrtCpuRunner"),
+    ("openvino", "alexnet_deploy.backends.openvino.runner:OpenVinoRunner"),
+    ("openvino-bf16", "alexnet_deploy.backends.openvino.runner:OpenVinoBf16Runner"),
+    ("onnxruntime-cuda", "alexnet_deploy.backends.onnxruntime.runner:OrtCudaRunner"),
+    ("onnxruntime-tensorrt", "alexnet_deploy.backends.onnxruntime.runner:OrtTensorRTRunner"),
+    ("tensorrt", "alexnet_deploy.backends.tensorrt.runner:TensorRTRunner"),
+))
 
 
 def get_runner(name: str) -> type[Runner]:
@@ -43,6 +58,11 @@ class Runner(ABC):
         self.threads = threads
         self.active = False
         self.load_s: float | None = None
+
+    @classmethod
+    def from_artifact(cls, manifest: Manifest, artifact: Artifact, threads: int | None = None) -> Runner:
+        """The runner for one artifact of an export."""
+        return cls(manifest, artifact, threads)
 
     # -- what applies where ----------------------------------------------------------------
     @classmethod
@@ -179,10 +199,3 @@ def runners_for(manifest: Manifest, names: list[str] | None = None) -> list[Runn
             if cls.accepts(art):
                 choices.append(RunnerChoice(name, cls.as_executed(art), cls.unavailable_reason()))
     return choices
-
-
-def cuda_unavailable_reason() -> str | None:
-    """None when torch sees a CUDA device, else the reason every CUDA runner and exporter reports."""
-    import torch
-
-    return None if torch.cuda.is_available() else "no CUDA device"

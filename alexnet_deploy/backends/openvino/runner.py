@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.runtimes.base import Runner, register_runner
+from alexnet_deploy.runtimes import Runner
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -19,7 +19,6 @@ def openvino_unavailable_reason() -> str | None:
     return None
 
 
-@register_runner
 class OpenVinoRunner(Runner):
     name = "openvino"
     formats = ("openvino", "onnx")
@@ -64,7 +63,6 @@ class OpenVinoRunner(Runner):
         self._request = self._compiled = None
 
 
-@register_runner
 class OpenVinoBf16Runner(OpenVinoRunner):
     """fp32 weights, bf16 arithmetic: about half the weight traffic and the CPU's bf16 dot-product
     units, at bf16's 8-bit mantissa (validated with the bf16 limits in tolerances.py)."""
@@ -74,7 +72,7 @@ class OpenVinoBf16Runner(OpenVinoRunner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        from alexnet_deploy.roofline import cpu_has_bf16
+        from alexnet_deploy.machine import cpu_has_bf16
 
         reason = openvino_unavailable_reason()
         if reason is None and not cpu_has_bf16():

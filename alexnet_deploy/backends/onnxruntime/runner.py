@@ -1,44 +1,54 @@
-"""ONNX Runtime on NVIDIA GPUs: `onnxruntime-cuda` (CUDAExecutionProvider) and
-`onnxruntime-tensorrt` (TensorrtExecutionProvider, falling back to CUDA for what TensorRT cannot
-take). Both need the onnxruntime-gpu build, which installs the same `onnxruntime` module as the CPU
-build (never both in one environment)."""
+"""ONNX Runtime runners: `onnxruntime-cpu` runs any exported ONNX (fp32, fp16, int8 QDQ) on the CPU
+provider; `onnxruntime-cuda` (CUDAExecutionProvider) and `onnxruntime-tensorrt`
+(TensorrtExecutionProvider, falling back to CUDA for what TensorRT cannot take) need the
+onnxruntime-gpu build, which installs the same `onnxruntime` module as the CPU build (never both in
+one environment)."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from alexnet_deploy.backends.onnxruntime.util import (
+    ort_cpu_unavailable_reason,
+    ort_provider_unavailable_reason,
+    ort_trt_cache_dir,
+)
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.runtimes.base import cuda_unavailable_reason, register_runner
-from alexnet_deploy.runtimes.onnxruntime_runner import OrtCpuRunner
+from alexnet_deploy.runtimes import Runner
 
 ORT_TRT_WORKSPACE_BYTES = 1 << 30
 
 
-def ort_provider_unavailable_reason(provider: str) -> str | None:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed"
-    no_cuda = cuda_unavailable_reason()  # the root cause on a CPU-only machine: report it first
-    if no_cuda:
-        return no_cuda
-    import onnxruntime as ort
+class OrtCpuRunner(Runner):
+    name = "onnxruntime-cpu"
+    formats = ("onnx",)
 
-    if provider not in ort.get_available_providers():
-        return (f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu in place "
-                f"of onnxruntime)")
-    return None
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return ort_cpu_unavailable_reason()
 
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
 
-def ort_trt_cache_dir(sha256: str, precision: str) -> Path:
-    """Where the TensorRT EP keeps engines it built, one folder per artifact and precision, so
-    the second session on the same file loads in seconds instead of rebuilding."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "alexnet-deploy" / "ort-tensorrt" / f"{precision}-{sha256[:16]}"
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        self._session = ort.InferenceSession(str(self.manifest.path_of(self.artifact)),
+                                             sess_options=opts, providers=["CPUExecutionProvider"])
+        inp = self._session.get_inputs()[0]
+        self.check_declared_input(inp.shape)
+        self._input = inp.name
+        # our fp16 ONNX keeps float32 I/O; a half-precision graph from elsewhere may not
+        self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: batch.astype(self._dtype, copy=False)})[0]
+
+    def deactivate_impl(self) -> None:
+        self._session = None
 
 
 class OrtGpuRunner(OrtCpuRunner):
@@ -79,7 +89,6 @@ class OrtGpuRunner(OrtCpuRunner):
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
 
-@register_runner
 class OrtCudaRunner(OrtGpuRunner):
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
@@ -93,7 +102,6 @@ class OrtCudaRunner(OrtGpuRunner):
         return [(self.provider, self.cuda_options()), "CPUExecutionProvider"]
 
 
-@register_runner
 class OrtTensorRTRunner(OrtGpuRunner):
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"

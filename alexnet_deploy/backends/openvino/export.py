@@ -17,12 +17,11 @@ import importlib.util
 import time
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters.base import ExportContext, Exporter, register_exporter
+from alexnet_deploy.exporters import ExportContext, Exporter
+from alexnet_deploy.files import atomic_path, sha256_file
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.utils import atomic_path, sha256_file
 
 
-@register_exporter
 class OpenVinoExporter(Exporter):
     name = "openvino"
     requires = ("onnx",)
@@ -78,7 +77,7 @@ def quantize_nncf(ctx: ExportContext, model, fp32_xml) -> Artifact:
     import numpy as np
     import openvino as ov
 
-    from alexnet_deploy.exporters.calibration import load_calibration
+    from alexnet_deploy.calibration import load_calibration
 
     started = time.perf_counter()
     nncf.set_log_level(logging.ERROR)

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from alexnet_deploy.machine import cuda_unavailable_reason
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.runtimes.base import Runner, cuda_unavailable_reason, register_runner
+from alexnet_deploy.runtimes import Runner
 
 
 class TorchRunner(Runner):
@@ -64,7 +65,6 @@ class DeviceBound(TorchRunner):
         return artifact.format in cls.formats and artifact.device == cls.device
 
 
-@register_runner
 class TorchEagerRunner(TorchRunner):
     name = "torch-eager"
     formats = ("weights",)
@@ -75,7 +75,6 @@ class TorchEagerRunner(TorchRunner):
         return load_weights(path, device=self.device)[0]
 
 
-@register_runner
 class TorchScriptRunner(DeviceBound):
     name = "torchscript"
     formats = ("torchscript",)
@@ -86,7 +85,6 @@ class TorchScriptRunner(DeviceBound):
         return torch.jit.load(path, map_location=self.device)
 
 
-@register_runner
 class TorchExportRunner(DeviceBound):
     name = "torch-export"
     formats = ("torch-export",)
@@ -97,7 +95,6 @@ class TorchExportRunner(DeviceBound):
         return torch.export.load(path).module()
 
 
-@register_runner
 class AotiRunner(DeviceBound):
     name = "aoti"
     formats = ("aoti",)
@@ -109,21 +106,17 @@ class AotiRunner(DeviceBound):
 
 
 # The same runners on a CUDA device: artifacts exported with `--device cuda`.
-@register_runner
 class TorchEagerCudaRunner(CudaMixin, TorchEagerRunner):
     name = "torch-eager-cuda"
 
 
-@register_runner
 class TorchScriptCudaRunner(CudaMixin, TorchScriptRunner):
     name = "torchscript-cuda"
 
 
-@register_runner
 class TorchExportCudaRunner(CudaMixin, TorchExportRunner):
     name = "torch-export-cuda"
 
 
-@register_runner
 class AotiCudaRunner(CudaMixin, AotiRunner):
     name = "aoti-cuda"

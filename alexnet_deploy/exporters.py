@@ -1,33 +1,28 @@
 """Export: weights -> one folder of deployment artifacts + manifest.json.
 
-Every format is one module that registers an Exporter; `export_all` resolves the requested names
-through the registry, exports them in dependency order into a staging folder, loads each artifact
-back with its runner to compare it with eager PyTorch, writes the manifest last, and only then
-renames the staging folder into place: a failed or killed export never leaves a folder whose
+The Exporter interface and the registry of formats live here; each format's exporter lives in its
+backend's package (alexnet_deploy/backends/<name>/export.py). `export_all` resolves the requested
+names through the registry, exports them in dependency order into a staging folder, loads each
+artifact back with its runner to compare it with eager PyTorch, writes the manifest last, and only
+then renames the staging folder into place: a failed or killed export never leaves a folder whose
 manifest lists a half-written file.
 """
-# ruff: noqa: I001
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from alexnet_deploy.card import ModelCard
 from alexnet_deploy.errors import UserError, expected_failure, os_error_from
-from alexnet_deploy.exporters.base import (  # noqa: F401
-    EXPORTERS,
-    ExportContext,
-    Exporter,
-    no_tf32,
-    register_exporter,
-)
-from alexnet_deploy.manifest import Artifact, Manifest, Skipped
-from alexnet_deploy.utils import (
+from alexnet_deploy.files import (
     check_not_cwd,
     check_output_dir,
     is_our_export,
@@ -36,10 +31,78 @@ from alexnet_deploy.utils import (
     remove_stale_staging,
     sha256_file,
 )
+from alexnet_deploy.manifest import Artifact, Manifest, Skipped, hash_artifact
+from alexnet_deploy.registry import Registry
 
-# One module per format; import order is registry order (and `--help`'s).
-from alexnet_deploy.exporters import torchscript, onnx, torch_export, aoti, openvino  # noqa: E402,F401
-from alexnet_deploy.exporters import tensorrt, triton  # noqa: E402,F401  (helper B2)
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# Registry order is the order formats are exported in (after their dependencies) and listed in
+# `--help`. Adding a format is one line here.
+EXPORTERS = Registry("format", (
+    ("torchscript", "alexnet_deploy.backends.torch.export:TorchScriptExporter"),
+    ("onnx", "alexnet_deploy.backends.onnx.export:OnnxExporter"),
+    ("torch-export", "alexnet_deploy.backends.torch.export:TorchExportExporter"),
+    ("aoti", "alexnet_deploy.backends.torch.export:AotiExporter"),
+    ("openvino", "alexnet_deploy.backends.openvino.export:OpenVinoExporter"),
+    ("tensorrt", "alexnet_deploy.backends.tensorrt.export:TensorRTExporter"),
+    ("triton", "alexnet_deploy.backends.triton.export:TritonExporter"),
+))
+
+
+@dataclass
+class ExportContext:
+    """What every exporter gets: the eval-mode model, its card and the run's settings."""
+
+    model: nn.Module
+    card: ModelCard
+    out: Path  # the export folder; artifacts go under it, paths in the manifest are relative
+    max_batch: int = 64
+    opset: int = 18
+    device: str = "cpu"
+    calib_data: Path | None = None
+    calib_images: int = 256
+    artifacts: list[Artifact] = field(default_factory=list)  # produced earlier in this run
+
+    def sample(self, n: int = 2, seed: int = 0) -> torch.Tensor:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, *self.card.input.shape, generator=g).to(self.device)
+
+    def find(self, fmt: str, precision: str = "fp32") -> Artifact | None:
+        return next((a for a in self.artifacts if a.format == fmt and a.precision == precision), None)
+
+    def artifact(self, path: Path, fmt: str, precision: str, started: float, **kw) -> Artifact:
+        """Describe a finished artifact: relative path, hash, size, export seconds."""
+        sha, size = hash_artifact(path)
+        return Artifact(format=fmt, precision=precision, device=kw.pop("device", self.device),
+                        path=str(path.relative_to(self.out)), sha256=sha, bytes=size,
+                        batch={"min": 1, "max": self.max_batch},
+                        export_s=round(time.perf_counter() - started, 3), **kw)
+
+
+class Exporter(ABC):
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()  # formats exported first (openvino needs onnx)
+    after: ClassVar[tuple[str, ...]] = ()  # exported first when chosen too, never auto-included
+    needs_calibration: ClassVar[bool] = False  # export checks the calibration data up front
+
+    @classmethod
+    def unavailable_reason(cls, device: str) -> str | None:
+        """None when this format can be exported here for `device`, else why not."""
+        return None
+
+    @classmethod
+    def check_request(cls, opset: int) -> None:
+        """Refuse settings this format cannot honour (one line), before anything is built."""
+        return None
+
+    @abstractmethod
+    def export(self, ctx: ExportContext) -> list[Artifact]:
+        """Write the artifacts under ctx.out (atomically) and describe them."""
+
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -116,11 +179,10 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
                show: bool = True, target: str | None = None) -> Manifest:
     """Export `weights` into `out` as `formats` (default 'all'); returns the written manifest.
     With `target` ("cpu"), also time every checked candidate and record the fastest per precision
-    in the manifest's `recommended` section (see alexnet_deploy.recommend)."""
-    from alexnet_deploy.exporters.calibration import resolve_calib_data
-    from alexnet_deploy.model import load_weights
-
+    in the manifest's `recommended` section (see alexnet_deploy.bench.recommend)."""
+    from alexnet_deploy.calibration import resolve_calib_data
     from alexnet_deploy.manifest import MAX_BATCH
+    from alexnet_deploy.model import load_weights
 
     if not 1 <= max_batch <= MAX_BATCH:
         raise UserError(f"--max-batch must be between 1 and {MAX_BATCH}, got {max_batch}")
@@ -129,8 +191,8 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     _check_device(device)
     _check_target(target)
     order, skipped = plan_formats(formats, device)
-    if "onnx" in order:
-        onnx.check_opset(opset)
+    for name in order:
+        EXPORTERS[name].check_request(opset)
     out = Path(out)
     # Where the result goes is checked before anything is loaded or built.
     check_output_dir(out, staged=True)
@@ -160,14 +222,14 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     if show:
         print_summary(manifest, out)
         if manifest.recommended:
-            from alexnet_deploy.recommend import print_recommended
+            from alexnet_deploy.bench.recommend import print_recommended
 
             print_recommended(manifest.recommended)
     return manifest
 
 
 def _check_target(target: str | None) -> None:
-    from alexnet_deploy.recommend import TARGETS
+    from alexnet_deploy.bench.recommend import TARGETS
 
     if target is not None and target not in TARGETS:
         raise UserError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
@@ -177,7 +239,7 @@ def _recommend_into(manifest: Manifest, ctx: ExportContext, target: str, show: b
     """Time the candidates in the staging folder (the benchmark reads its manifest from disk)."""
     import sys
 
-    from alexnet_deploy.recommend import recommend
+    from alexnet_deploy.bench.recommend import recommend
 
     manifest.write(ctx.out)
     manifest.root = ctx.out
@@ -247,8 +309,8 @@ def _replace_dir(stage: Path, out: Path) -> None:
 
 def _export_into(ctx: ExportContext, weights: Any, order: list[str], skipped: list[Skipped],
                  show: bool) -> Manifest:
+    from alexnet_deploy.machine import library_versions
     from alexnet_deploy.model import save_weights
-    from alexnet_deploy.utils import library_versions
 
     copy = ctx.out / WEIGHTS_FILE
     save_weights(ctx.model, ctx.card, copy)
@@ -328,7 +390,7 @@ def check_inputs(art: Artifact, ctx: ExportContext):
     n = min(2, art.batch.get("max", 2))
     if art.precision != "int8":
         return ctx.sample(n)
-    from alexnet_deploy.exporters.calibration import load_calibration
+    from alexnet_deploy.calibration import load_calibration
 
     held = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images).heldout[:n]
     return torch.from_numpy(np.ascontiguousarray(held)).to(ctx.device) if len(held) == n else ctx.sample(n)
@@ -343,10 +405,12 @@ def compare_with_eager(manifest: Manifest, art: Artifact, runner_cls: type, ctx:
     from alexnet_deploy.tolerances import limits_for
 
     x = check_inputs(art, ctx)
+    from alexnet_deploy.backends.torch.util import no_tf32
+
     with torch.no_grad(), no_tf32():
         ref = ctx.model(x).float().cpu().numpy()
     started = time.perf_counter()
-    with runner_cls(manifest, art) as runner:
+    with runner_cls.from_artifact(manifest, art) as runner:
         y = runner.infer(x.cpu().numpy())
     limits = limits_for(art.precision)
     result: dict[str, Any] = {

@@ -3,45 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alexnet_deploy.backends.tensorrt.util import Sidecar, gpu_info, sidecar_path, tensorrt_unavailable_reason
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.runtimes.base import Runner, cuda_unavailable_reason, register_runner
+from alexnet_deploy.runtimes import Runner
 
 _TORCH_DTYPES = ("float32", "float16", "bfloat16", "int8", "int32", "int64", "bool", "uint8")
 
 
-def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT engines cannot be built or run here, or None. Imports nothing heavy."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return "tensorrt is not installed"
-    return cuda_unavailable_reason()
-
-
-def sidecar_path(root: Path, artifact_path: str, extra: dict) -> Path:
-    return root / extra.get("sidecar", artifact_path + ".json")
-
-
-def check_built_here(sidecar: dict, engine: str, trt_version: str, gpu: dict[str, str]) -> None:
-    """Engines are tied to one TensorRT version and one GPU architecture: say so before loading."""
-    built_version = sidecar.get("tensorrt_version")
-    if built_version and built_version != trt_version:
-        raise UserError(f"{engine} was built with TensorRT {built_version} but TensorRT {trt_version} "
-                        f"is installed: re-export it on this machine (--formats tensorrt)")
-    built_gpu = sidecar.get("gpu", {})
-    built_cc = built_gpu.get("compute_capability")
-    if built_cc and built_cc != gpu["compute_capability"]:
-        raise UserError(f"{engine} was built for {built_gpu.get('name', 'another GPU')} (compute "
-                        f"capability {built_cc}); this GPU, {gpu['name']}, has "
-                        f"{gpu['compute_capability']}: re-export it on this machine (--formats tensorrt)")
-
-
-@register_runner
 class TensorRTRunner(Runner):
     name = "tensorrt"
     formats = ("tensorrt",)
@@ -55,12 +27,10 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        from alexnet_deploy.exporters.tensorrt import gpu_info
-
         path = self.manifest.path_of(self.artifact)
         side = sidecar_path(self.manifest.root, self.artifact.path, self.artifact.extra)
-        sidecar = json.loads(side.read_text()) if side.exists() else {}
-        check_built_here(sidecar, self.artifact.path, str(trt.__version__), gpu_info())
+        Sidecar.read(side, self.artifact.path).check_built_here(self.artifact.path, str(trt.__version__),
+                                                                gpu_info())
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -1,0 +1,1 @@
+"""ONNX Runtime: runners on the CPU, CUDA and TensorRT execution providers."""

@@ -1,0 +1,1 @@
+"""Triton Inference Server: the model repository written from the other artifacts."""
