@@ -5,6 +5,7 @@ Library modules are imported inside the commands so `--help` stays instant.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -42,6 +43,52 @@ def _format_names(value: str | None, option: str = "--formats") -> list[str] | N
     return names
 
 
+class _RegistryChoice(click.Choice):
+    """A Choice whose names are the keys of a library registry ("module:NAME"), read whenever they
+    are needed (parsing or help), so what the library registers is what the CLI accepts."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        super().__init__([])
+
+    @property
+    def choices(self):
+        module, attr = self._where.split(":")
+        return tuple(getattr(importlib.import_module(module), attr))
+
+    @choices.setter
+    def choices(self, _value) -> None:  # click.Choice.__init__ assigns; the registry is the truth
+        pass
+
+
+def _runner_names(ctx, param, value):
+    """Comma-separated runner names, each checked against the runner registry (which lists its
+    names without importing any backend); an unknown one is one line naming the valid ones."""
+    names = _csv(str)(ctx, param, value)
+    if names:
+        from alexnet_deploy.runtimes import get_runner
+
+        for name in names:
+            get_runner(name)  # UserError: unknown backend 'x'; choose from: ...
+    return names
+
+
+class _BackendsOption(click.Option):
+    """--backends, whose help lists the registered runner names (read only when help is shown)."""
+
+    def get_help_record(self, ctx):
+        from alexnet_deploy.runtimes import RUNNERS
+
+        self.help = "Comma-separated runner names [default: every one that applies]: " + ", ".join(RUNNERS) + "."
+        return super().get_help_record(ctx)
+
+
+def _accuracy_drop(ctx, param, value):
+    if value is not None and not 0 <= value < 1:
+        raise click.BadParameter(f"{value:g} is not a fraction in [0, 1): 0.01 is one percentage point")
+    return value
+
+
 def _positive_ints(ctx, param, value):
     values = _csv(int)(ctx, param, value)
     if values is not None and any(v < 1 for v in values):
@@ -55,8 +102,11 @@ def _positive_ints(ctx, param, value):
               help=f"Show the Python traceback of a failure (also: {DEBUG_ENV}=1).")
 def cli(debug: bool) -> None:
     """Train AlexNet, export it to every deployment format, validate and benchmark the artifacts."""
+    from alexnet_deploy.console import setup_logging
+
     if debug:
         _debug["on"] = True
+    setup_logging(debug=_debug["on"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +145,14 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="ImageFolder root holding train/ and val/ (and optionally test/).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
-@click.option("--arch", default="alexnet", show_default=True,
-              type=click.Choice(["alexnet", "alexnet-2012"]))
+@click.option("--arch", default="alexnet", show_default=True, type=_RegistryChoice("alexnet_deploy.model:MODELS"))
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate [default: per optimizer].")
 @click.option("--weight-decay", default=None, type=click.FloatRange(min=0))
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
+@click.option("--optimizer", default="sgd", show_default=True,
+              type=_RegistryChoice("alexnet_deploy.training:OPTIMIZER_DEFAULTS"))
 @click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=63))
@@ -111,7 +161,7 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Classifier dropout.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--init", default="kaiming", show_default=True, type=click.Choice(["kaiming", "arch"]),
+@click.option("--init", default="kaiming", show_default=True, type=_RegistryChoice("alexnet_deploy.model:INITS"),
               help="Initialisation when training from scratch; 'arch' keeps torchvision's (alexnet) or the "
                    "paper's (alexnet-2012), which leave AlexNet near chance for hundreds of steps.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
@@ -134,8 +184,8 @@ def train(data_dir, out, **kwargs):
 # export
 # ---------------------------------------------------------------------------------------------
 class _FormatsOption(click.Option):
-    """--formats, whose help lists the registered format names; the registry (and torch) is
-    imported only when that help is shown, so other commands' --help stays instant."""
+    """--formats, whose help lists the registered format names; the registry is read only when
+    that help is shown (it names the formats without importing any backend)."""
 
     def get_help_record(self, ctx):
         from alexnet_deploy.exporters import EXPORTERS
@@ -157,15 +207,43 @@ class _FormatsOption(click.Option):
 @click.option("--calib-images", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Device the torch formats (aoti, torchscript, torch-export) are built for.")
+# The choices are bench.recommend.TARGETS (not imported here: --help stays instant; a test keeps them equal).
 @click.option("--target", default=None, type=click.Choice(["cpu"]),
-              help="Also time every checked runner x artifact here and record the fastest per "
-                   "precision (fp32, bf16, int8) in the manifest's `recommended` section.")
+              help="After the export, run `alexnet-deploy recommend OUT` on it: time every checked "
+                   "runner x artifact here and record the fastest per precision (fp32, bf16, int8) in "
+                   "the manifest's `recommended` section.")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
-def export(weights, out, formats, **kwargs):
-    """Export WEIGHTS (our .safetensors, a torchvision .pth, or 'torchvision') to deployment formats."""
+def export(weights, out, formats, target, **kwargs):
+    """Export WEIGHTS (our .safetensors, a torchvision .pth, or 'torchvision') to deployment formats.
+
+    Each artifact is loaded back and checked against eager PyTorch before it is listed (a failed
+    check exits 1). With --target, this is `export` followed by `recommend OUT`."""
     from alexnet_deploy.exporters import export_all
 
     export_all(weights, out, formats=_format_names(formats), **kwargs)
+    if target is not None:
+        from alexnet_deploy.bench.recommend import recommend_export
+
+        recommend_export(out, target=target, calib_data=kwargs["calib_data"],
+                         calib_images=kwargs["calib_images"], show=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# recommend
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Intra-op threads while timing [default: physical cores].")
+def recommend(export_dir, threads):
+    """Time every checked runner x artifact of EXPORT_DIR on this machine and record the fastest per
+    precision (fp32, bf16, int8) in its manifest's `recommended` section (`benchmark` marks them).
+
+    A candidate counts only after it passes the same check against eager PyTorch as export's; the
+    timing is brief (a choice between runtimes, not a published figure: use `benchmark` for that)."""
+    from alexnet_deploy.bench.recommend import recommend_export
+
+    recommend_export(export_dir, threads=threads, show=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,15 +256,16 @@ def export(weights, out, formats, **kwargs):
 @click.option("--images", default=200, show_default=True, type=click.IntRange(min=0))
 @click.option("--batch-sizes", default=None, callback=_positive_ints,
               help="Comma-separated [default: 1, a non-power-of-two, the max batch].")
-@click.option("--backends", default=None, callback=_csv(str), help="Comma-separated runner names.")
+@click.option("--backends", cls=_BackendsOption, default=None, callback=_runner_names)
 @click.option("--atol", default=None, type=click.FloatRange(min=0),
               help="Override the precision's default atol.")
 @click.option("--rtol", default=None, type=click.FloatRange(min=0),
               help="Override the precision's default rtol.")
 @click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
-              help="Override the minimum top-1 agreement (0-1).")
-@click.option("--max-accuracy-drop", default=None, type=click.FloatRange(min=0),
-              help="Override the maximum accuracy drop in points.")
+              help="Override the minimum top-1 agreement, a fraction (0.995 = 99.5 %).")
+@click.option("--max-accuracy-drop", default=None, type=float, callback=_accuracy_drop,
+              help="Override the largest top-1 accuracy drop allowed, a fraction of the images "
+                   "(0.01 = one percentage point; default 0.01 for bf16 and int8).")
 @click.option("--report", default=None, type=click.Path(path_type=Path),
               help="JSON report path [default: EXPORT_DIR/validation.json]; Markdown beside it.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing backend.")
@@ -221,7 +300,7 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
 # ---------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--backends", default=None, callback=_csv(str), help="Comma-separated runner names.")
+@click.option("--backends", cls=_BackendsOption, default=None, callback=_runner_names)
 @click.option("--batch-sizes", default="1,8,32,64", show_default=True, callback=_positive_ints)
 @click.option("--warmup-s", default=1.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--duration-s", default=10.0, show_default=True, type=click.FloatRange(min=0.1),

@@ -150,7 +150,7 @@ class Verdict:
     accuracy_top5: float | None
     reference_accuracy_top1: float | None
     reference_accuracy_top5: float | None
-    accuracy_drop: float | None  # reference top-1 minus this top-1, in percentage points
+    accuracy_drop: float | None  # reference top-1 minus this top-1, a fraction (0.01 = one point)
     failures: list[str]
 
     @property
@@ -178,8 +178,13 @@ def judge(y: np.ndarray, ref: np.ndarray, limits: Limits, *, decide: slice | Non
     if labels is not None and len(labels):
         acc = accuracy(y[rows], labels, 1), accuracy(y[rows], labels, 5)
         ref_acc = accuracy(ref[rows], labels, 1), accuracy(ref[rows], labels, 5)
-        drop = (ref_acc[0] - acc[0]) * 100.0
+        drop = ref_acc[0] - acc[0]
     return Verdict(ew, dec, *acc, *ref_acc, drop, failures(ew, dec, drop, limits))
+
+
+# A difference of two accuracies carries float rounding (1.0 - 0.99 is 0.010000000000000009): a drop
+# of exactly the limit must pass "at most".
+ROUNDING = 1e-9
 
 
 def failures(ew: Elementwise, dec: Decisions, drop: float | None, limits: Limits) -> list[str]:
@@ -191,9 +196,13 @@ def failures(ew: Elementwise, dec: Decisions, drop: float | None, limits: Limits
     if limits.atol is not None and ew.min_atol > limits.atol:
         out.append(f"elementwise: max |y-ref| {ew.max_abs:.3g} exceeds atol {limits.atol:g} + "
                    f"rtol {ew.rtol:g}*|ref| (it would need atol {ew.min_atol:.3g})")
-    if dec.top1_agreement < limits.min_top1_agreement:
+    if limits.min_cosine is not None and ew.cosine < limits.min_cosine:
+        out.append(f"logits cosine similarity {ew.cosine:.3f} is below {limits.min_cosine:g} (the "
+                   "artifact computes something else: broken quantization or conversion)")
+    if limits.min_top1_agreement is not None and dec.top1_agreement < limits.min_top1_agreement:
         out.append(f"top-1 agreement {dec.top1_agreement:.2%} is below {limits.min_top1_agreement:.2%} "
                    f"({round((1 - dec.top1_agreement) * dec.samples)} of {dec.samples} differ)")
-    if limits.max_accuracy_drop is not None and drop is not None and drop > limits.max_accuracy_drop:
-        out.append(f"top-1 accuracy drops {drop:.2f} points, more than {limits.max_accuracy_drop:g}")
+    if limits.max_accuracy_drop is not None and drop is not None and drop > limits.max_accuracy_drop + ROUNDING:
+        # shown in points (a fraction of 0.01 is one point), the unit people read accuracy in
+        out.append(f"top-1 accuracy drops {drop * 100:.2f} points, more than {limits.max_accuracy_drop * 100:g}")
     return out

@@ -7,11 +7,11 @@ Data folders come in two shapes, both accepted everywhere:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from torchvision.transforms import v2
 
 from alexnet_deploy.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
@@ -96,8 +98,8 @@ def apply_transform(transform, image: Image.Image, path: str):
 # Decoding
 # ---------------------------------------------------------------------------------------------
 def warn(message: str) -> None:
-    """One line on stderr; the command goes on."""
-    print(f"warning: {message}", file=sys.stderr)
+    """A warning record (one `warning: ...` line on stderr from the command line); the command goes on."""
+    log.warning(message)
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

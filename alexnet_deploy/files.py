@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from alexnet_deploy.errors import UserError, os_error_from
+
+log = logging.getLogger(__name__)
 
 
 class NotRegularFile(UserError):
@@ -32,20 +35,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _read_umask() -> int:
-    """The process umask, read once: flipping it later would race with other threads' files."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
@@ -59,17 +48,12 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     suffix = final.suffix if suffix is None else suffix
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.stem}.{os.getpid()}.", suffix=f".tmp{suffix}",
-                                    dir=final.parent)
+        tmp = _new_temp_file(final, suffix)
     except OSError as e:
         raise (os_error_from(e, final) or e) from None
-    os.close(fd)
-    tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide artifacts from other users
+        fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(final.parent)  # the rename itself survives a power cut
     except Exception as e:
@@ -80,6 +64,28 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _new_temp_file(final: Path, suffix: str) -> Path:
+    """An empty `.STEM.PID.RANDOM.tmpSUFFIX` beside `final`, created with mode 0666 so that the
+    kernel applies the process umask as it does for any new file. (mkstemp's 0600 would hide
+    artifacts from other users; fixing that with chmod needs the umask, which is read either from
+    a snapshot that goes stale when the process changes it, or by setting it, a process-wide change
+    that races with other threads.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = final.parent / f".{final.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {final}")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -212,7 +218,7 @@ def output_lock(out: str | os.PathLike, what: str = "export") -> Iterator[None]:
     lock = full.parent / f".{full.name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as for any new file
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -243,10 +249,11 @@ def _pid_in(name: str, marker: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def remove_stale_staging(out: str | os.PathLike, say=print) -> list[Path]:
+def remove_stale_staging(out: str | os.PathLike, say: Callable[[str], None] | None = None) -> list[Path]:
     """Remove `.NAME.partial-PID` / `.NAME.old-PID` folders beside `out` whose process is gone
     (kill -9, power cut), saying so in one line. A dead run's `.old-` folder while `out` is
     missing is the previous result, interrupted mid-replace: it is put back, not deleted."""
+    say = say or log.info
     full = Path(os.path.abspath(out))
     removed = []
     if not full.parent.is_dir():
@@ -268,9 +275,11 @@ def remove_stale_staging(out: str | os.PathLike, say=print) -> list[Path]:
     return removed
 
 
-def remove_stale_temp_files(folder: str | os.PathLike, stem: str, say=print) -> list[Path]:
+def remove_stale_temp_files(folder: str | os.PathLike, stem: str,
+                            say: Callable[[str], None] | None = None) -> list[Path]:
     """Remove atomic_path's temporary files `.STEM.*.tmp*` in `folder` left by dead processes
     (names without a pid are from older versions and are also leftovers)."""
+    say = say or log.info
     removed = []
     folder = Path(folder)
     if not folder.is_dir():

@@ -195,9 +195,9 @@ WEIGHTS: dict[str, Callable[[Path], dict[str, Any]]] = {
 # Printing
 # ---------------------------------------------------------------------------------------------
 def print_info(info: dict[str, Any]) -> None:
-    from rich.console import Console
+    from alexnet_deploy.console import make_console
 
-    console = Console(width=max(Console().width, 150))
+    console = make_console(min_width=150)
     facts = {k: v for k, v in info.items()
              if k not in ("card", "artifacts", "skipped", "inputs", "outputs", "versions", "metadata",
                           "runs_here", "weights", "manifest")}
@@ -222,7 +222,7 @@ def print_info(info: dict[str, Any]) -> None:
         _table(console, "artifacts", ["format", "precision", "device", "path", "MB", "sha256",
                                       "batch", "runs here"],
                [[a["format"], a["precision"], a["device"], a["path"], f"{a['bytes'] / 1e6:.1f}",
-                 a["sha256"][:12], f"{a['batch'].get('min')}..{a['batch'].get('max')}",
+                 a["sha256"][:12], f"{a['batch']['min']}..{a['batch']['max']}",
                  f"refused: {a['problem']}" if a.get("problem") else _runs(a["runs_here"])]
                 for a in info["artifacts"]])
         for s in info.get("skipped", []):

@@ -14,6 +14,7 @@ import enum
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ from alexnet_deploy.files import NotRegularFile, sha256_file
 SCHEMA = 1
 MAX_BATCH = 65536  # the largest batch range a manifest may declare (benchmark, validate allocate from it)
 MAX_MANIFEST_BYTES = 64 << 20
+SHA256_PATTERN = r"^([0-9a-f]{64})?$"  # empty: not recorded (integrity then fails, naming it)
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "manifest.schema.json"
 
 
@@ -180,7 +182,7 @@ class Artifact(Contract):
     precision: Precision
     device: Literal["cpu", "cuda"]
     path: StrictStr  # relative to the export folder
-    sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
+    sha256: str = Field("", pattern=SHA256_PATTERN)
     bytes: StrictInt = Field(0, ge=0)
     input_name: StrictStr = "images"
     output_name: StrictStr = "logits"
@@ -256,6 +258,9 @@ class Manifest(Contract):
         for key in ("sha256", "source", "source_sha256"):
             if key in v and not isinstance(v[key], str):
                 raise ValueError(f"{key} must be a string (got {printable(repr(v[key]))[:60]})")
+        for key in ("sha256", "source_sha256"):  # the same rule as an artifact's sha256
+            if key in v and not re.fullmatch(SHA256_PATTERN, v[key]):
+                raise ValueError(f"{key} must be 64 lowercase hex digits (got {printable(repr(v[key]))[:60]})")
         return v
 
     @property

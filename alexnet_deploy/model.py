@@ -7,6 +7,7 @@ validate and the tests' parametrisation all read `MODELS`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -280,7 +281,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
 
 def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about old pickle protocols on stderr; the file is refused or read below,
+            # and one line is what the user sees either way
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe pickles
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a loadable state dict ({msg}); only plain tensors are "

@@ -1,12 +1,14 @@
 """`alexnet-deploy predict`: classify image files with an export folder, one artifact, or weights.
 
-Whatever the target, it becomes (manifest, artifact, runner) and runs through the same runners
-validate and benchmark use, with the card's preprocessing; weights get a manifest built in memory.
+Whatever the target, it becomes a runner (built from an export's manifest entry, or from a bare
+weights file and the card it carries) and runs through the same runners validate and benchmark
+use, with the card's preprocessing.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 from alexnet_deploy.card import printable
 from alexnet_deploy.errors import CheckFailed, UserError, memory_error_line
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
+from alexnet_deploy.runtimes import Runner
 
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -27,11 +30,11 @@ class Prediction:
 
 @dataclass
 class Target:
-    """What predict runs: the manifest gives the card, the artifact the file, runner the backend."""
+    """What predict runs: a runner, not yet active (its card, file and batch range in it), and
+    the integrity check its file must pass first (None: nothing beyond containment to check)."""
 
-    manifest: Manifest
-    artifact: Artifact
-    runner: str
+    runner: Runner
+    integrity: Callable[[], str | None] | None = None
 
 
 def run_predict(target: str | os.PathLike, images: list[str | os.PathLike], top: int = 5,
@@ -44,13 +47,14 @@ def run_predict(target: str | os.PathLike, images: list[str | os.PathLike], top:
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
     chosen = resolve_target(target, backend)
-    batch = preprocess_files(list(images), chosen.manifest.card)
+    runner = chosen.runner
+    batch = preprocess_files(list(images), runner.card)
     logits = infer(chosen, batch)
     names = [str(p) for p in images]
     check_finite(logits, names, chosen)
-    predictions = top_classes(logits, chosen.manifest.card.classes, names, top)
+    predictions = top_classes(logits, runner.card.classes, names, top)
     # names of files and classes come from others: control characters are shown escaped
-    header = printable(f"{chosen.runner} [{chosen.artifact.precision}] {chosen.artifact.path}")
+    header = printable(f"{runner.label} {runner.shown}")
     for p in predictions:
         print(f"{printable(p.image)}  ({header})")
         shown = [(printable(name), prob) for name, prob in p.top]
@@ -65,7 +69,7 @@ def check_finite(logits: np.ndarray, names: list[str], target: Target) -> None:
     bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
         first = names[int(np.argmax(bad))]
-        raise CheckFailed(f"{printable(target.artifact.path)} produced NaN or Inf logits for "
+        raise CheckFailed(f"{printable(target.runner.shown)} produced NaN or Inf logits for "
                           f"{int(bad.sum())} of {len(names)} images (first: {printable(first)}): the weights "
                           "or the artifact are broken; retrain or re-export")
 
@@ -80,15 +84,14 @@ def top_classes(logits: np.ndarray, classes: list[str], names: list[str], k: int
 
 
 def infer(target: Target, batch: np.ndarray) -> np.ndarray:
-    """Run `batch` through the target's runner in chunks its artifact's batch range allows."""
-    from alexnet_deploy.runtimes import get_runner
-
-    problem = verify_integrity(target.manifest, target.artifact)
+    """Run `batch` through the target's runner in chunks its batch range allows."""
+    problem = target.integrity() if target.integrity else None
     if problem:
         raise UserError(f"{problem} (refusing to load it)")
-    hi = max(1, target.artifact.batch.max)
+    runner = target.runner
+    hi = runner.batch.max
     try:
-        with get_runner(target.runner).from_artifact(target.manifest, target.artifact) as runner:
+        with runner:
             return np.concatenate([runner.infer(np.ascontiguousarray(batch[i:i + hi]))
                                    for i in range(0, len(batch), hi)])
     except (UserError, CheckFailed):
@@ -97,7 +100,7 @@ def infer(target: Target, batch: np.ndarray) -> np.ndarray:
         if memory_error_line(e) is not None:
             raise
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise CheckFailed(f"{printable(target.artifact.path)} failed to load or run on {target.runner}: "
+        raise CheckFailed(f"{printable(runner.shown)} failed to load or run on {runner.name}: "
                           f"{type(e).__name__}: {printable(first)}; re-export it") from e
 
 
@@ -113,27 +116,25 @@ def resolve_target(target: str | os.PathLike, backend: str | None = None) -> Tar
         path = path.parent  # the manifest stands for its export folder
     if (path / "manifest.json").is_file():
         manifest = Manifest.read(path)
-        return _pick(manifest, [manifest.weights_artifact(), *manifest.artifacts], backend, str(path))
+        return _in_export(manifest, [manifest.weights_artifact(), *manifest.artifacts], backend, str(path))
     if path.suffix in WEIGHTS_SUFFIXES and find_manifest(path) is None:
-        manifest = weights_manifest(path)
-        return _pick(manifest, [manifest.weights_artifact()], backend, str(path))
+        return bare_weights(path, backend)
     manifest, artifact = artifact_in_export(path)
-    return _pick(manifest, [artifact], backend, str(path))
+    return _in_export(manifest, [artifact], backend, str(path))
 
 
-def weights_manifest(path: Path) -> Manifest:
-    """A manifest held in memory for a bare weights file, so the torch-eager runner runs it as
-    it runs an export's weights (integrity check included)."""
-    from alexnet_deploy.manifest import _sha256, contained
+def bare_weights(path: Path, backend: str | None = None) -> Target:
+    """A weights file outside any export: the runner that runs weights, built from the file and
+    the card it carries. The file has no manifest to check a hash against."""
+    from alexnet_deploy.manifest import contained
     from alexnet_deploy.model import read_card
 
     # the user named this file: where a symlink leads is their choice, but it must be a regular file
     real = Path(os.path.realpath(path))
     real = contained(real.parent, real.name)  # no FIFO, no device, no folder; else a UserError
-    card = read_card(real)
-    manifest = Manifest(card=card, weights={"path": real.name, "sha256": _sha256(real)})
-    manifest.root = real.parent
-    return manifest
+    what = Artifact(format="weights", precision="fp32", device="cpu", path=real.name)
+    cls, _ = _pick([what], backend, str(path))
+    return Target(cls(real, read_card(real), None, precision=what.precision, shown=real.name))
 
 
 def find_manifest(path: Path) -> Path | None:
@@ -158,8 +159,14 @@ def artifact_in_export(path: Path) -> tuple[Manifest, Artifact]:
                     f"{', '.join(printable(a.path) for a in manifest.artifacts) or 'nothing'}")
 
 
-def _pick(manifest: Manifest, artifacts: list[Artifact], backend: str | None, what: str) -> Target:
-    """The named backend, or the first runner that can run one of `artifacts` here."""
+def _in_export(manifest: Manifest, artifacts: list[Artifact], backend: str | None, what: str) -> Target:
+    cls, art = _pick(artifacts, backend, what)
+    return Target(cls.from_artifact(manifest, art), lambda: verify_integrity(manifest, art))
+
+
+def _pick(artifacts: list[Artifact], backend: str | None, what: str) -> tuple[type[Runner], Artifact]:
+    """The named backend, or the first runner that can run one of `artifacts` here, with the
+    artifact labelled as that runner computes it (openvino-bf16 runs an fp32 file in bf16)."""
     from alexnet_deploy.runtimes import RUNNERS, get_runner
 
     names = [backend] if backend else list(RUNNERS)
@@ -173,8 +180,7 @@ def _pick(manifest: Manifest, artifacts: list[Artifact], backend: str | None, wh
                 continue
             reason = cls.unavailable_reason()
             if reason is None:
-                # labelled as the runner computes it (openvino-bf16 runs an fp32 file in bf16)
-                return Target(manifest, cls.as_executed(art), name)
+                return cls, cls.as_executed(art)
             reasons.append(f"{name}: {reason}")
     if backend and not reasons:
         kinds = sorted({a.format for a in artifacts})

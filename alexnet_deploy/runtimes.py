@@ -1,21 +1,27 @@
 """The Runner interface (after Polygraphy: activate / infer / deactivate, public methods check,
 subclasses implement `*_impl`) and the registry every command dispatches through.
 
+A runner is built from what it runs: a file, the model card, the batch range (and threads);
+`Runner.from_artifact` builds one from an export's manifest entry. What a runner can do beyond
+`infer` on numpy is declared on its class (`device_tensors`, `computes_in`), never probed.
+
 Runners live in their backend's package (alexnet_deploy/backends/<name>/runner.py); heavy runtimes
 (onnxruntime, openvino, tensorrt) are imported only inside `activate`, so listing runners costs nothing."""
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from alexnet_deploy.card import printable
+from alexnet_deploy.card import ModelCard, printable
 from alexnet_deploy.errors import CheckFailed, UserError
-from alexnet_deploy.manifest import Artifact, Manifest
+from alexnet_deploy.manifest import MAX_BATCH, Artifact, BatchRange, Manifest
 from alexnet_deploy.registry import Registry
 
 # Order matters: `runners_for` lists runners in it and export's post-export check takes the first
@@ -45,24 +51,48 @@ def get_runner(name: str) -> type[Runner]:
     return RUNNERS[name]
 
 
+def stored_precision(artifact: Artifact) -> str:
+    """The precision the artifact's file holds (an `as_executed` copy is labelled with the one it
+    is computed in and keeps the stored one in extra)."""
+    return artifact.extra.get("stored_precision", artifact.precision)
+
+
 class Runner(ABC):
-    """Runs one artifact. `infer` takes float32 NCHW numpy and returns float32 logits."""
+    """Runs one model file. `infer` takes float32 NCHW numpy and returns float32 logits; a runner
+    that declares `device_tensors` also runs torch tensors already on its device (`infer_device`)."""
 
     name: ClassVar[str]  # registry name, e.g. "onnxruntime-cpu"
     formats: ClassVar[tuple[str, ...]]  # manifest formats it executes
     device: ClassVar[str] = "cpu"  # "cpu" or "cuda"
+    # Declared capabilities (callers read these instead of probing for methods):
+    device_tensors: ClassVar[bool] = False  # infer_device() takes and returns torch tensors on `device`
+    computes_in: ClassVar[str | None] = None  # a precision it computes in whatever the file stores (bf16)
 
-    def __init__(self, manifest: Manifest, artifact: Artifact, threads: int | None = None) -> None:
-        self.manifest = manifest
-        self.artifact = artifact
+    def __init__(self, path: str | os.PathLike, card: ModelCard, batch: BatchRange | None = None, *,
+                 threads: int | None = None, precision: str = "fp32", shown: str | None = None) -> None:
+        """`path`: the file (or folder) to load; `card`: the input it takes and the classes it
+        outputs; `batch`: the batch sizes it accepts (default: any); `precision`: what the file
+        stores; `shown`: how messages name the file (default: its name)."""
+        self.path = Path(path)
+        self.card = card
+        self.batch = batch if batch is not None else BatchRange(1, MAX_BATCH)
         self.threads = threads
+        self.precision = precision
+        self.shown = shown if shown is not None else self.path.name
         self.active = False
         self.load_s: float | None = None
 
     @classmethod
     def from_artifact(cls, manifest: Manifest, artifact: Artifact, threads: int | None = None) -> Runner:
-        """The runner for one artifact of an export."""
-        return cls(manifest, artifact, threads)
+        """The runner for one artifact of an export (its path contained in the export folder)."""
+        return cls(manifest.path_of(artifact), manifest.card, artifact.batch, threads=threads,
+                   **cls.options_from(manifest, artifact))
+
+    @classmethod
+    def options_from(cls, manifest: Manifest, artifact: Artifact) -> dict[str, Any]:
+        """The keyword arguments this runner takes from a manifest entry besides path, card and
+        batch range; runners that need more (a cache key, a sidecar) extend it."""
+        return {"precision": stored_precision(artifact), "shown": artifact.path}
 
     # -- what applies where ----------------------------------------------------------------
     @classmethod
@@ -76,23 +106,29 @@ class Runner(ABC):
 
     @classmethod
     def as_executed(cls, artifact: Artifact) -> Artifact:
-        """The artifact as this runner computes it. A runner that computes in a lower precision
-        than the file stores (OpenVINO's bf16 hint on fp32 weights) returns a copy labelled with
-        that precision, so validate's limits, benchmark's floor and reports follow what runs."""
-        return artifact
+        """The artifact as this runner computes it. A runner that computes in another precision
+        than the file stores (`computes_in`: OpenVINO's bf16 hint on fp32 weights) returns a copy
+        labelled with that precision, so validate's limits, benchmark's floor and reports follow
+        what runs; the stored precision stays in extra["stored_precision"]."""
+        if cls.computes_in is None or cls.computes_in == artifact.precision:
+            return artifact
+        return artifact.model_copy(update={"precision": cls.computes_in, "extra": {
+            **artifact.extra, "stored_precision": artifact.precision,
+            "computed_in": f"{cls.computes_in} ({cls.name})"}})
 
-    # -- properties used by reports --------------------------------------------------------
+    # -- what reports show -----------------------------------------------------------------
     @property
-    def format(self) -> str:
-        return self.artifact.format
+    def effective_precision(self) -> str:
+        """The precision it computes in (manifest names: fp32, fp16, bf16, int8)."""
+        return self.computes_in or self.precision
 
-    @property
-    def precision(self) -> str:
-        return self.artifact.precision
+    def runtime_precision(self) -> str | None:
+        """What the runtime itself reports computing in, for runtimes that report it, else None."""
+        return None
 
     @property
     def label(self) -> str:
-        return f"{self.name} [{self.artifact.precision}]"
+        return f"{self.name} [{self.effective_precision}]"
 
     # -- lifecycle -------------------------------------------------------------------------
     def activate(self) -> Runner:
@@ -107,11 +143,23 @@ class Runner(ABC):
         return self
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if not self.active:
-            raise RuntimeError(f"{self.name}: call activate() before infer()")
+        self._require_active("infer")
         self.check_input(batch)
         out = np.asarray(self.infer_impl(batch), dtype=np.float32)
-        self.check_output(batch, out)
+        self.check_output(batch.shape[0], out.shape)
+        return out
+
+    def infer_device(self, x: Any) -> Any:
+        """Run a float32 NCHW torch tensor already on this runner's device, on the current torch
+        stream, and return the logits as a tensor on the device (the benchmark times this apart
+        from the host<->device copies). Only for runners that declare `device_tensors`."""
+        if not self.device_tensors:
+            raise TypeError(f"{self.name} takes host arrays only: call infer() with a numpy array "
+                            "(it does not declare device_tensors)")
+        self._require_active("infer_device")
+        self.check_device_input(x)
+        out = self.infer_device_impl(x)
+        self.check_output(x.shape[0], tuple(out.shape))
         return out
 
     def deactivate(self) -> None:
@@ -125,58 +173,85 @@ class Runner(ABC):
     def __exit__(self, *exc) -> None:
         self.deactivate()
 
+    # -- checks ----------------------------------------------------------------------------
+    def _require_active(self, what: str) -> None:
+        if not self.active:
+            raise RuntimeError(f"{self.name}: call activate() before {what}()")
+
     def check_input(self, batch: np.ndarray) -> None:
-        expected = tuple(self.manifest.card.input.shape)
-        lo, hi = self.artifact.batch.min, self.artifact.batch.max
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
             got = getattr(batch, "dtype", type(batch).__name__)
             raise UserError(f"{self.name}: expected a float32 numpy array, got {got}")
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+        self.check_shape(tuple(batch.shape))
+
+    def check_device_input(self, x: Any) -> None:
+        import torch
+
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != self.device:
+            got = f"{x.dtype} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise UserError(f"{self.name}: expected a float32 torch tensor on {self.device}, got {got}")
+        self.check_shape(tuple(x.shape))
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        expected = tuple(self.card.input.shape)
+        lo, hi = self.batch.min, self.batch.max
+        if len(shape) != 4 or shape[1:] != expected:
             raise UserError(f"{self.name}: expected input of shape (N, {', '.join(map(str, expected))}), "
-                            f"got {tuple(batch.shape)}")
-        if not lo <= batch.shape[0] <= hi:
-            raise UserError(f"{self.name}: batch size {batch.shape[0]} is outside the artifact's "
+                            f"got {shape}")
+        if not lo <= shape[0] <= hi:
+            raise UserError(f"{self.name}: batch size {shape[0]} is outside the artifact's "
                             f"range {lo}..{hi}; re-export with a larger --max-batch")
 
-    def check_output(self, batch: np.ndarray, out: np.ndarray) -> None:
-        """The artifact's real output must be one row of card.num_classes logits per image: a card
+    def check_output(self, n: int, shape: tuple[int, ...]) -> None:
+        """The file's real output must be one row of card.num_classes logits per image: a card
         that lists other classes than the file computes would name the wrong class."""
-        n = self.manifest.card.num_classes
-        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-            raise CheckFailed(f"{printable(self.artifact.path)} returned output of shape {out.shape} for a "
-                              f"batch of {batch.shape[0]}; expected ({batch.shape[0]}, {n}): re-export it")
-        if out.shape[1] != n:
-            raise CheckFailed(f"the card lists {n} classes but {printable(self.artifact.path)} outputs "
-                              f"{out.shape[1]} logits: the manifest does not match the artifact; re-export")
+        classes = self.card.num_classes
+        if len(shape) != 2 or shape[0] != n:
+            raise CheckFailed(f"{printable(self.shown)} returned output of shape {shape} for a "
+                              f"batch of {n}; expected ({n}, {classes}): re-export it")
+        if shape[1] != classes:
+            raise CheckFailed(f"the card lists {classes} classes but {printable(self.shown)} outputs "
+                              f"{shape[1]} logits: the manifest does not match the artifact; re-export")
 
-    def check_declared_input(self, dims: list) -> None:
-        """`dims` (the artifact's declared input, symbolic dims as strings or None) must take the
-        card's image shape: else every image would fail deep inside the runtime."""
-        expected = list(self.manifest.card.input.shape)
+    def check_declared_input(self, dims: Any) -> None:
+        """`dims` (the input shape the loaded model declares; symbolic dims as strings, None or
+        -1) must take the card's image shape: else every image would fail deep inside the runtime.
+        Runners call it at activation wherever the runtime tells the shape."""
+        expected = list(self.card.input.shape)
         fixed = [d if isinstance(d, int) and d > 0 else None for d in list(dims)[1:]]
         if len(fixed) != len(expected) or any(d is not None and d != e for d, e in zip(fixed, expected, strict=True)):
             shown = "x".join("?" if d is None else str(d) for d in fixed)
             raise CheckFailed(f"the card's input is {'x'.join(map(str, expected))} but "
-                              f"{printable(self.artifact.path)} takes {shown}: the manifest does not match "
+                              f"{printable(self.shown)} takes {shown}: the manifest does not match "
                               "the artifact; re-export")
 
+    # -- what subclasses implement ---------------------------------------------------------
     @abstractmethod
     def activate_impl(self) -> None: ...
 
     @abstractmethod
     def infer_impl(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def infer_device_impl(self, x: Any) -> Any:
+        """Runners that declare `device_tensors` implement this."""
+        raise NotImplementedError(f"{self.name} declares device_tensors but has no infer_device_impl")
+
     def deactivate_impl(self) -> None:  # noqa: B027  (optional hook; most runtimes need nothing)
-        """Release the session / engine; the default drops references for the GC."""
+        """Release the session / engine and put back what activate changed; the default does nothing."""
 
 
 @dataclass
 class RunnerChoice:
-    """One (runner, artifact) pair a command may run, or the reason it cannot."""
+    """One (runner class, artifact) pair a command may run, or the reason it cannot."""
 
-    runner: str
+    runner_cls: type[Runner]
     artifact: Artifact
     reason: str | None = None  # None means available
+
+    @property
+    def runner(self) -> str:
+        """The registry name (what reports and --backends use)."""
+        return self.runner_cls.name
 
     @property
     def available(self) -> bool:
@@ -197,5 +272,5 @@ def runners_for(manifest: Manifest, names: list[str] | None = None) -> list[Runn
             continue
         for art in [manifest.weights_artifact(), *manifest.artifacts]:
             if cls.accepts(art):
-                choices.append(RunnerChoice(name, cls.as_executed(art), cls.unavailable_reason()))
+                choices.append(RunnerChoice(cls, cls.as_executed(art), cls.unavailable_reason()))
     return choices

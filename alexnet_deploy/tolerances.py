@@ -1,5 +1,10 @@
-"""Default pass limits per precision (DESIGN.md, comparison rules). Export's smoke check and
-validate both read this table, so they can never disagree about what "correct" means."""
+"""The limits table: what "correct" means, per check and precision (DESIGN.md, comparison rules).
+
+Two checks read it through `limits_for`, both judged by the one comparison path (checks.py):
+  validate  many real images: elementwise limits, decision agreement, accuracy drop;
+  smoke     export's post-export check on a batch of 2 (see SMOKE_LIMITS for why it differs).
+Every figure here is a fraction (0..1), never a percentage: accuracy drop 0.01 is one point.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Limits:
-    atol: float | None  # None: no elementwise limit (int8)
+    atol: float | None  # None: no elementwise limit (int8, bf16)
     rtol: float | None
-    min_top1_agreement: float  # fraction 0..1
-    max_accuracy_drop: float | None  # percentage points; None: not checked
+    min_top1_agreement: float | None  # fraction 0..1; None: not checked
+    max_accuracy_drop: float | None  # fraction 0..1 (0.01 = one percentage point); None: not checked
+    min_cosine: float | None = None  # the worst sample's logits cosine similarity; None: not checked
 
     def override(self, **kw) -> Limits:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -23,13 +29,30 @@ DEFAULT_LIMITS: dict[str, Limits] = {
     # bf16 keeps 8 significant bits, so its rounding error grows with the logits' magnitude: 1.8e-3 on
     # untrained demo logits (|y| < 2), 0.13 on the trained demo model's (96 % top-1), which no fixed
     # atol covers without being meaningless for the other. Like int8 it is judged on decisions.
-    "bf16": Limits(atol=None, rtol=None, min_top1_agreement=0.99, max_accuracy_drop=1.0),
-    "int8": Limits(atol=None, rtol=None, min_top1_agreement=0.98, max_accuracy_drop=1.0),
+    "bf16": Limits(atol=None, rtol=None, min_top1_agreement=0.99, max_accuracy_drop=0.01),
+    "int8": Limits(atol=None, rtol=None, min_top1_agreement=0.98, max_accuracy_drop=0.01),
 }
 
+# Two images cannot measure a 98 % agreement rate (one near-tie flip reads as 50 %), so for the
+# precisions judged on decisions the smoke check asks only whether the logits point the same way.
+# Broken quantization or conversion (wrong scales, zero points, channel order) lands far below 0.95;
+# decision-level limits are validate's job, on enough images to mean something. fp32 and fp16 keep
+# their elementwise limits, which hold for any batch.
+_DIRECTION_ONLY = Limits(atol=None, rtol=None, min_top1_agreement=None, max_accuracy_drop=None,
+                         min_cosine=0.95)
+SMOKE_LIMITS: dict[str, Limits] = {
+    "fp32": DEFAULT_LIMITS["fp32"],
+    "fp16": DEFAULT_LIMITS["fp16"],
+    "bf16": _DIRECTION_ONLY,
+    "int8": _DIRECTION_ONLY,
+}
 
-def limits_for(precision: str) -> Limits:
+LIMITS: dict[str, dict[str, Limits]] = {"validate": DEFAULT_LIMITS, "smoke": SMOKE_LIMITS}
+
+
+def limits_for(precision: str, check: str = "validate") -> Limits:
+    """The row of the table for `check` ("validate" or "smoke") and `precision`."""
     try:
-        return DEFAULT_LIMITS[precision]
+        return LIMITS[check][precision]
     except KeyError:
-        raise KeyError(f"no default limits for precision {precision!r}") from None
+        raise KeyError(f"no {check} limits for precision {precision!r}") from None

@@ -12,6 +12,8 @@ epoch's randomness (shuffling, augmentation, dropout, DataLoader worker seeds) i
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import random
@@ -32,8 +34,16 @@ from torch.utils.data.distributed import DistributedSampler
 
 from alexnet_deploy import data as data_lib
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.files import atomic_path, check_output_dir, remove_stale_temp_files, write_text
+from alexnet_deploy.files import (
+    atomic_path,
+    check_output_dir,
+    pid_alive,
+    remove_stale_temp_files,
+    write_text,
+)
 from alexnet_deploy.model import INITS, MODELS, InputSpec, ModelCard, build_model, load_weights, save_weights
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 CACHE_MAX_BYTES = 256 << 20  # data sets up to this size on disk are decoded once and kept in memory
@@ -355,8 +365,9 @@ class DataSplits:
                                      seed=cfg.seed)
         generator = torch.Generator()
         cuda = env.device.type == "cuda"
-        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=cuda,
-                      multiprocessing_context=worker_context() if cfg.workers > 0 else None)
+        workers = dict(multiprocessing_context=worker_context(),
+                       worker_init_fn=functools.partial(exit_with_trainer, os.getpid())) if cfg.workers > 0 else {}
+        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=cuda, **workers)
         train_loader = DataLoader(train_ds, sampler=sampler, generator=generator, **common)
 
         def eval_loader(ds):
@@ -385,6 +396,32 @@ def worker_context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["alexnet_deploy.data"])
     return ctx
+
+
+def exit_with_trainer(trainer_pid: int, worker_id: int) -> None:
+    """worker_init_fn: end this DataLoader worker as soon as the trainer process is gone.
+
+    Why: a worker started by the fork server has the fork server as its parent, so PyTorch's own
+    watchdog (is my parent alive?) never sees the trainer die, and the fork server stays up while
+    any worker holds its "alive" pipe. After kill -9 of the trainer both would live on forever,
+    holding memory and the trainer's output pipes. A daemon thread waits for the trainer's exit
+    (a pidfd where Linux has one, a once-a-second check elsewhere)."""
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(trainer_pid)
+        except ProcessLookupError:
+            os._exit(1)
+        except (AttributeError, OSError):  # no pidfd here
+            while pid_alive(trainer_pid):
+                time.sleep(1.0)
+        else:
+            select.select([fd], [], [])  # readable once the process has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-trainer", daemon=True).start()
 
 
 class ShardSampler(Sampler[int]):
@@ -682,7 +719,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
 
 
 class Logger:
-    """Rank 0's voice: a rich progress bar on a terminal, plain lines otherwise, nothing when quiet."""
+    """Rank 0's voice: log records (see console.py), a rich progress bar on a terminal, nothing
+    when quiet or on the other ranks."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -690,7 +728,7 @@ class Logger:
 
     def line(self, text: str) -> None:
         if self.enabled:
-            print(text, flush=True)
+            logger.info(text)
 
     def epoch(self, h: dict[str, Any]) -> None:
         self.line(f"epoch {h['epoch']}: loss {h['train_loss']:.4f}  val loss {h['val_loss']:.4f}  "

@@ -228,8 +228,7 @@ def run(args, work: Path) -> Path:
     wait = wait_for_quiet(args.max_load, args.wait_min)
     report = benchmark(export_dir, batch_sizes=list(BATCHES), warmup_s=args.warmup_s,
                        duration_s=args.duration_s, threads=args.threads, device="cpu",
-                       only=lambda c: c.artifact.precision in PRECISIONS and c.runner != "torch-export",
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       only=lambda c: c.artifact.precision in PRECISIONS and c.runner != "torch-export")
     rows = summarise(report)
     goal_rows = goals(rows, Manifest.read(export_dir))
     stem = f"cpu-fast-{machine_slug(report.machine)}-{date.today().isoformat()}"

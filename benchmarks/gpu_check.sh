@@ -81,7 +81,7 @@ step "benchmark --device cuda"
 ad benchmark "$WORK/export" --device cuda --batch-sizes 1,8,32,64 --warmup-s 1 --duration-s 4 \
     --report "$WORK/export/benchmark-cuda.json" --plot "$WORK/export/benchmark-cuda.png"
 
-# -- reports into $OUT (the device tool fetches at most 8 files) ---------------------------------
+# -- reports into $OUT -------------------------------------------------------------------------
 step "collect"
 cp "$WORK/export/benchmark-cuda."{json,md,png} "$WORK/export/validation."{json,md} "$OUT/" 2>/dev/null || true
 cp "$WORK/export/manifest.json" "$OUT/manifest.json"

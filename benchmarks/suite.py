@@ -80,8 +80,7 @@ def run(args, work: Path) -> Path:
         print(f"exporting {weights} to {export_dir}", file=sys.stderr, flush=True)
         export_all(str(weights), export_dir, formats=CPU_FORMATS, max_batch=max(batch_sizes), force=True)
     report = benchmark(export_dir, batch_sizes=batch_sizes, warmup_s=args.warmup_s,
-                       duration_s=args.duration_s, threads=args.threads, device="cpu",
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       duration_s=args.duration_s, threads=args.threads, device="cpu")
     report.notes += args.note
     report.notes.append(f"benchmarks/suite.py: {weights if args.weights else 'demo weights'}, "
                         f"{args.image_size} px, formats {', '.join(CPU_FORMATS)}")
@@ -98,6 +97,9 @@ def run_in_work_dir(run_fn, args, prefix: str) -> int:
     if args.reuse_export and not args.work_dir:
         print("error: --reuse-export needs --work-dir (the folder of an earlier run)", file=sys.stderr)
         return 2
+    from alexnet_deploy.console import setup_logging
+
+    setup_logging()  # the harness's progress lines, as the command line shows them
     try:
         if args.work_dir:
             os.makedirs(args.work_dir, exist_ok=True)

@@ -1,25 +1,29 @@
-"""Shared, session-scoped fixtures: small demo data and weights that every test module reuses.
+"""Shared, session-scoped fixtures: small demo data, weights and exports that every test module reuses.
 
 Everything is generated here; nothing is downloaded. Sizes are tiny so the suite fits in
 minutes on two cores, but the network is the real AlexNet (61 M parameters).
+
+Two kinds of model: `random_weights` / `random_export` (untrained: one export, about a minute) for the
+mechanics (containment, integrity, formats, errors, I/O), and `trained_weights` / `exported_dir`
+(the demo recipe, minutes to make) only where accuracy matters (int8 agreement, task accuracy,
+the recipe's own results). Shared: a test that changes files must copy them first.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, TEST_IMAGE_SIZE, Result, assert_user_error, cli, cli_subprocess  # noqa: F401
 
 from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
 from alexnet_deploy.model import InputSpec, ModelCard, build_model, save_weights
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_IMAGE_SIZE = 64  # AlexNet's smallest comfortable input; the classifier is unchanged
+# REPO, TEST_IMAGE_SIZE, assert_user_error and run_cli stay importable from here for the modules
+# that do so today; helpers.py is where they live (conftest holds fixtures).
 
 
 @pytest.fixture(scope="session")
@@ -43,28 +47,60 @@ def random_weights(tmp_path_factory, demo_data) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
-            ) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a subprocess, as a user would."""
-    full_env = {**os.environ, **(env or {})}
-    exe = shutil.which("alexnet-deploy", path=str(Path(sys.executable).parent)) or "alexnet-deploy"
-    return subprocess.run([exe, *map(str, args)], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> Result:
+    """`alexnet-deploy ARGS` through the real entry point, in this process (helpers.cli): the exit
+    code and the stdout / stderr a user sees, as .returncode / .stdout / .stderr. Tests of what
+    only a child process shows use helpers.cli_subprocess."""
+    return cli(*args, cwd=cwd, env=env)
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
-    """One clear line on stderr, the expected exit code, no traceback."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    for n in needles:
-        assert n.lower() in proc.stderr.lower(), (n, proc.stderr)
+RANDOM_EXPORT_ARGS = ("--formats", "torchscript,onnx", "--max-batch", "4", "--calib-images", "6")
+
+
+@dataclass
+class ExportRun:
+    """One `alexnet-deploy export` as a user ran it: what it printed and returned, where it wrote,
+    and the calibration folder it was given."""
+
+    result: Result
+    out: Path
+    calib_data: Path
+
+
+@pytest.fixture(scope="session")
+def random_export_run(tmp_path_factory, random_weights, demo_data) -> ExportRun:
+    """`alexnet-deploy export random_weights --out E RANDOM_EXPORT_ARGS --calib-data C`, where C is
+    the demo val images under class names the model does not have ("square" spelled "sqaure").
+    Two trial cases read this run instead of exporting again: #104 (6 calibration images, no
+    multiple of the batch) and #112 (calibration data needs no matching class names)."""
+    import os
+
+    root = tmp_path_factory.mktemp("random-export")
+    calib = root / "calib"
+    shutil.copytree(demo_data / "val", calib, copy_function=os.link)
+    (calib / "square").rename(calib / "sqaure")
+    out = root / "E"
+    result = cli("export", random_weights, "--out", out, *RANDOM_EXPORT_ARGS, "--calib-data", calib)
+    return ExportRun(result, out, calib)
+
+
+@pytest.fixture(scope="session")
+def random_export(random_export_run) -> Path:
+    """The untrained export for mechanics: torchscript, onnx fp32 / fp16 / int8, the weights copy
+    and manifest.json, 64 px, 10 classes, max batch 4. Shared by the session: tests that change
+    anything work on a copy (trial_support.mkex: hard links and a fresh manifest)."""
+    run = random_export_run
+    assert run.result.code == 0 and "Traceback" not in run.result.err, (run.result.code, run.result.err[-2000:])
+    return run.out
 
 
 @pytest.fixture(scope="session")
 def exported_dir(tmp_path_factory, trained_weights) -> Path:
     """`export --formats all` of the demo recipe's trained model (every format this machine can
-    export, the rest skipped with the reason) at max batch 8 with 32 calibration images. Shared by
-    the whole session: tests that change files must copy it first (shutil.copytree)."""
+    export, the rest skipped with the reason) at max batch 8 with 32 calibration images: for
+    checks where accuracy matters (int8 and fp16 agreement, accuracy drops, recommend) and those
+    that need every format. Shared by the whole session: tests that change files must copy it
+    first (shutil.copytree). Mechanics that need only torchscript / onnx use `random_export`."""
     from alexnet_deploy.exporters import export_all
 
     out = tmp_path_factory.mktemp("export") / "exported"

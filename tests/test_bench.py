@@ -105,9 +105,13 @@ def test_real_sleep_is_never_under_reported():
     assert len(timing.samples_ms) >= 9
 
 
-def test_harness_overhead_is_measured():
-    overhead = harness_overhead_us(duration_s=0.05)
-    assert 0 < overhead < 1e4
+def test_harness_overhead_is_below_a_known_sleep():
+    """A no-op through the timing loop costs less than a 100 µs sleep measured by the same loop
+    (in the same unit): an overhead in the wrong unit or a broken loop would not be."""
+    overhead_us = harness_overhead_us(duration_s=0.05)
+    sleep = time_calls(lambda _: time.sleep(1e-4), [None], warmup_s=0, duration_s=0.05, window_s=0.005)
+    assert sleep.stats.min >= 0.1  # ms: the sleep itself is measured, never early
+    assert 0 < overhead_us < sleep.stats.p50 * 1e3
 
 
 def test_peak_memory_is_per_runner():
@@ -121,6 +125,54 @@ def test_peak_memory_is_per_runner():
     assert memory.peak_mb() >= base + 150
     memory.reset()
     assert memory.peak_mb() < base + 100
+
+
+# -- what the harness times, by declared capability -----------------------------------------------
+class _HostOnlyCudaRunner:
+    """Stands in for a CUDA runner that takes host arrays only (onnxruntime-cuda declares so)."""
+
+    name = "host-only-cuda"
+    device = "cuda"
+    device_tensors = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def infer(self, batch):
+        self.calls += 1
+        return np.zeros((len(batch), 10), np.float32)
+
+    def runtime_precision(self):
+        return None
+
+
+def test_cuda_runner_without_device_tensors_is_timed_with_transfers_and_says_so():
+    from alexnet_deploy.bench.harness import reported_precision, time_runner
+
+    runner = _HostOnlyCudaRunner()
+    timing, extra = time_runner(runner, [np.zeros((1, 3, 8, 8), np.float32)], warmup_s=0, duration_s=0.01)
+    assert runner.calls >= len(timing.samples_ms) >= 3  # timed through infer() on numpy
+    assert extra["cuda_graph"] is False and "latency includes transfers" in extra["note"]
+    assert reported_precision(runner) is None
+
+
+def test_cuda_event_timing_refuses_a_runner_without_device_tensors():
+    from alexnet_deploy.bench.timing import CudaTimedCall
+
+    with pytest.raises(TypeError, match="host-only-cuda takes host arrays only"):
+        CudaTimedCall(_HostOnlyCudaRunner(), [np.zeros((1, 3, 8, 8), np.float32)])
+
+
+def test_method_text_names_which_cuda_runners_are_timed_apart_from_transfers():
+    from alexnet_deploy.bench.harness import METHOD
+    from alexnet_deploy.runtimes import RUNNERS
+
+    text = METHOD["latency"]
+    for name, cls in RUNNERS.items():
+        if cls.device == "cuda" and not cls.device_tensors:
+            assert name in text, name  # these include the transfers: the method must say which
+    assert "torch *-cuda runners and tensorrt" in text
+    assert all(RUNNERS[n].device_tensors for n in ("tensorrt", "torch-eager-cuda"))
 
 
 # -- roofline ---------------------------------------------------------------------------------------
@@ -154,7 +206,9 @@ def _onnxruntime_or_skip():
 @pytest.mark.slow
 def test_benchmark_command_writes_json_markdown_and_plot(exported_dir, tmp_path):
     _onnxruntime_or_skip()
-    max_batch = json.loads((exported_dir / "manifest.json").read_text())["artifacts"][0]["batch"]["max"]
+    from alexnet_deploy.manifest import Manifest
+
+    max_batch = Manifest.read(exported_dir).artifacts[0].batch.max
     report = tmp_path / "reports" / "bench.json"
     proc = run_cli("benchmark", exported_dir, "--backends", "onnxruntime-cpu,torch-eager",
                    "--batch-sizes", f"1,2,{max_batch + 1}", "--warmup-s", "0", "--duration-s", "0.1",
@@ -193,7 +247,7 @@ def test_unavailable_backends_are_skipped_with_their_reason(exported_dir):
 
     runnable, skips = plan_runs(Manifest.read(exported_dir), None, None)
     assert runnable
-    assert all(RUNNERS[c.runner].unavailable_reason() is None for c in runnable)
+    assert all(c.runner_cls is RUNNERS[c.runner] and c.runner_cls.unavailable_reason() is None for c in runnable)
     assert all(s.reason for s in skips)
     unavailable = {n for n, cls in RUNNERS.items() if cls.unavailable_reason()}
     assert {s.backend for s in skips} <= unavailable

@@ -120,16 +120,28 @@ def test_agreement_below_the_int8_limit_fails_and_names_the_count():
     assert not any(f.startswith("elementwise") for f in v.failures)
 
 
-def test_accuracy_and_its_drop_in_points():
+def test_accuracy_and_its_drop_as_a_fraction():
     ref = np.eye(4, dtype=np.float32)  # predicts labels 0..3
     labels = np.array([0, 1, 2, 3])
     y = ref.copy()
     y[0] = [0, 1, 0, 0]  # one of four now wrong: top-1 75%
     v = judge(y, ref, DEFAULT_LIMITS["int8"], labels=labels)
     assert v.reference_accuracy_top1 == 1.0 and v.accuracy_top1 == 0.75
-    assert v.accuracy_drop == pytest.approx(25.0)
-    assert any("accuracy drops 25.00 points" in f for f in v.failures)
+    assert v.accuracy_drop == pytest.approx(0.25)  # a fraction; the failure line speaks in points
+    assert any("accuracy drops 25.00 points, more than 1" in f for f in v.failures)
     assert accuracy(y, labels, k=2) == 1.0
+
+
+def test_a_drop_of_exactly_the_limit_passes():
+    """1 of 100 images wrong is a drop of 0.01, the int8 limit; float subtraction gives
+    0.010000000000000009, which must not read as "more than 0.01"."""
+    labels = np.arange(100) % 10
+    ref = np.eye(10, dtype=np.float32)[labels]
+    y = ref.copy()
+    y[0] = np.roll(y[0], 1)
+    v = judge(y, ref, DEFAULT_LIMITS["int8"], labels=labels)
+    assert v.accuracy_drop == pytest.approx(0.01) and v.accuracy_drop > 0.01  # the rounding is real
+    assert not any("accuracy" in f for f in v.failures), v.failures
 
 
 def test_decisions_only_over_the_selected_rows():

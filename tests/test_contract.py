@@ -17,38 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trial_support import mkex, sha
 
 from alexnet_deploy.card import InputSpec, ModelCard, printable
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.manifest import SCHEMA_FILE, Manifest, json_schema_text, verify_integrity
 
 # ---------------------------------------------------------------------------------------------
-# Fixtures: one tiny export per module, copied (hard links + a fresh manifest) per test
+# Fixtures: the session's untrained export, copied (hard links + a fresh manifest) per test
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory, random_weights) -> Path:
-    from alexnet_deploy.exporters import export_all
-
-    out = tmp_path_factory.mktemp("contract") / "E"
-    export_all(random_weights, out, formats=["torchscript", "onnx"], max_batch=4, calib_images=8, show=False)
-    return out
-
-
-def sha(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def mkex(src: Path, dst: Path, edit=None) -> Path:
-    """A hard-link copy of `src` whose manifest.json is a fresh file that `edit(m, dst)` changes."""
-    shutil.copytree(src, dst, copy_function=os.link)
-    (dst / "manifest.json").unlink()
-    m = json.loads((src / "manifest.json").read_text())
-    if edit:
-        edit(m, dst)
-    (dst / "manifest.json").write_text(json.dumps(m))
-    return dst
+def export(random_export) -> Path:
+    """conftest's random_export: torchscript and onnx fp32 / fp16 / int8 of untrained weights."""
+    return random_export
 
 
 def art(m: dict, path: str) -> dict:
@@ -263,6 +246,86 @@ def test_benchmark_refuses_a_swapped_artifact(export, tmp_path):
     ex = mkex(export, tmp_path / "ex", edit)
     with pytest.raises(CheckFailed, match="integrity: alexnet.onnx has sha256"):
         benchmark(ex, backends=["onnxruntime-cpu"], batch_sizes=[1], warmup_s=0, duration_s=0.05, threads=1)
+
+
+def _swapped_for(runner_name: str, export: Path, dst: Path) -> Path:
+    """A copy of `export` in which the file `runner_name` would run is not the one its manifest
+    entry hashes: the weights copy for the weights runner, else an added entry of the runner's
+    first format whose file holds other bytes than its listed sha256 (integrity is checked before
+    anything is loaded, so the bytes need not be a real model)."""
+    from alexnet_deploy.runtimes import RUNNERS
+
+    cls = RUNNERS[runner_name]
+    fmt = cls.formats[0]
+
+    def edit(m, d):
+        if fmt == "weights":
+            (d / m["weights"]["path"]).unlink()
+            (d / m["weights"]["path"]).write_bytes(b"not the weights the manifest lists")
+            return
+        (d / f"swapped.{fmt}").write_bytes(b"swapped bytes")
+        listed = {**art(m, "alexnet.onnx"), "format": fmt, "precision": "fp32", "device": cls.device,
+                  "path": f"swapped.{fmt}", "sha256": hashlib.sha256(b"the exported bytes").hexdigest(),
+                  "bytes": len(b"swapped bytes"), "extra": {}}
+        m["artifacts"] = [listed]
+    return mkex(export, dst, edit)
+
+
+def _runner_names() -> list[str]:
+    from alexnet_deploy.runtimes import RUNNERS
+
+    return list(RUNNERS)
+
+
+def _runnable_here(name: str) -> None:
+    from alexnet_deploy.runtimes import RUNNERS
+
+    reason = RUNNERS[name].unavailable_reason()
+    if reason:
+        pytest.skip(f"{name} cannot run on this machine: {reason}")
+
+
+@pytest.mark.parametrize("runner", _runner_names())
+def test_every_runner_refuses_a_swapped_file_before_loading_it(runner, export, tmp_path, demo_data):
+    """From the runner registry: benchmark and predict check the sha256 of whatever file a runner
+    would load, for every runner, so a new backend is covered without a new test."""
+    from alexnet_deploy.bench import benchmark
+    from alexnet_deploy.predict import run_predict
+
+    _runnable_here(runner)
+    ex = _swapped_for(runner, export, tmp_path / "ex")
+    with pytest.raises(CheckFailed, match=r"integrity: .* has sha256"):
+        benchmark(ex, backends=[runner], batch_sizes=[1], warmup_s=0, duration_s=0.05, threads=1)
+    image = next((demo_data / "test").rglob("*.png"))
+    with pytest.raises(UserError, match=r"integrity: .* has sha256 .* \(refusing to load it\)"):
+        run_predict(ex, [image], backend=runner)
+
+
+@pytest.mark.parametrize("runner", _runner_names())
+def test_every_runner_runs_formats_the_manifest_can_list(runner):
+    from alexnet_deploy.manifest import FORMATS
+    from alexnet_deploy.runtimes import RUNNERS
+
+    cls = RUNNERS[runner]
+    assert cls.formats and set(cls.formats) <= {*FORMATS, "weights"}, cls.formats
+    assert cls.device in ("cpu", "cuda")
+
+
+def _format_names() -> list[str]:
+    from alexnet_deploy.exporters import EXPORTERS
+
+    return list(EXPORTERS)
+
+
+@pytest.mark.parametrize("fmt", _format_names())
+def test_every_exported_format_reads_back_from_a_manifest(fmt, export, tmp_path):
+    """From the exporter registry: a manifest listing an artifact of each format a user can
+    export reads back with that format (an export the reader refused would be unusable)."""
+    def edit(m, d):
+        m["artifacts"] = [{**art(m, "alexnet.onnx"), "format": fmt, "path": f"x.{fmt}"}]
+        (d / f"x.{fmt}").write_bytes(b"x")
+    manifest = Manifest.read(mkex(export, tmp_path / "ex", edit))
+    assert [a.format for a in manifest.artifacts] == [fmt]
 
 
 def test_card_with_fewer_classes_than_the_artifact_is_one_line(export, tmp_path, demo_data):

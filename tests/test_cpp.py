@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_user_error, run_cli
+from helpers import REPO, assert_user_error, cli
 
 from alexnet_deploy.data import preprocess_files
 from alexnet_deploy.model import read_card
@@ -36,7 +36,7 @@ def _demo_images(demo_data: Path, n: int) -> list[Path]:
 def test_preprocess_writes_the_cards_batch(tmp_path, random_weights, demo_data):
     images = _demo_images(demo_data, 3)
     out = tmp_path / "batch.npy"
-    proc = run_cli("preprocess", *images, "--card", random_weights, "--out", out)
+    proc = cli("preprocess", *images, "--card", random_weights, "--out", out)
     assert proc.returncode == 0, proc.stderr
     batch = np.load(out, allow_pickle=False)
     assert batch.dtype == np.float32 and batch.flags.c_contiguous
@@ -58,7 +58,7 @@ def test_preprocess_bad_input_is_one_line(tmp_path, random_weights, demo_data, c
         "missing card": ([image, "--card", tmp_path / "none", "--out", tmp_path / "x.npy"], "not found"),
         "not .npy": ([image, "--card", random_weights, "--out", tmp_path / "x.txt"], ".npy"),
     }[case]
-    assert_user_error(run_cli("preprocess", *args), needle)
+    assert_user_error(cli("preprocess", *args), needle)
     assert not any(tmp_path.glob("*.npy")), "a failed run must not leave an output file"
 
 
@@ -122,7 +122,7 @@ def cpp_export(exported_dir) -> Path:
 def cpp_batch(tmp_path_factory, cpp_export, demo_data) -> Path:
     """3 demo images through the real `alexnet-deploy preprocess` with the export's card."""
     out = tmp_path_factory.mktemp("cpp-input") / "batch.npy"
-    proc = run_cli("preprocess", *_demo_images(demo_data, 3), "--card", cpp_export, "--out", out)
+    proc = cli("preprocess", *_demo_images(demo_data, 3), "--card", cpp_export, "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli
+from helpers import assert_user_error, cli, cli_subprocess
 
 from alexnet_deploy.data import DEMO_SHAPES, make_demo, training_splits
 from alexnet_deploy.errors import UserError
@@ -28,8 +28,8 @@ def test_demo_data_is_byte_identical_for_a_seed_and_differs_for_another(tmp_path
 
 
 def test_demo_command_writes_an_image_folder(tmp_path):
-    proc = run_cli("data", "demo", "--out", tmp_path / "d", "--classes", "4", "--per-class", "4",
-                   "--size", "32", "--seed", "3")
+    proc = cli("data", "demo", "--out", tmp_path / "d", "--classes", "4", "--per-class", "4",
+               "--size", "32", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
     train, val, test = training_splits(tmp_path / "d")
     assert [p.name for p in sorted(train.iterdir())] == sorted(DEMO_SHAPES[:4])
@@ -48,14 +48,14 @@ def test_demo_rejects_bad_options(tmp_path, kwargs, needle):
 
 
 def test_demo_command_reports_a_bad_option_as_one_line(tmp_path):
-    assert_user_error(run_cli("data", "demo", "--out", tmp_path / "d", "--classes", "13"),
+    assert_user_error(cli("data", "demo", "--out", tmp_path / "d", "--classes", "13"),
                       "13 is not in the range 2<=x<=12")
 
 
 def test_demo_command_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep.txt").write_text("mine")
-    assert_user_error(run_cli("data", "demo", "--out", tmp_path / "d"), "is not empty")
+    assert_user_error(cli("data", "demo", "--out", tmp_path / "d"), "is not empty")
     assert (tmp_path / "d" / "keep.txt").read_text() == "mine"
 
 
@@ -96,14 +96,14 @@ def test_train_names_what_is_wrong_with_the_data(demo_data, tmp_path, break_it):
     # the library check is what the CLI reports
     with pytest.raises(UserError, match=needle):
         training_splits(root)
-    proc = run_cli("train", "--data", root, "--out", tmp_path / "run", "--image-size", "64", "--epochs", "1")
+    proc = cli("train", "--data", root, "--out", tmp_path / "run", "--image-size", "64", "--epochs", "1")
     assert_user_error(proc, needle, str(culprit))
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
 def test_train_reports_missing_data_folder(tmp_path):
-    assert_user_error(run_cli("train", "--data", tmp_path / "nope", "--out", tmp_path / "run"),
+    assert_user_error(cli("train", "--data", tmp_path / "nope", "--out", tmp_path / "run"),
                       "data folder not found", str(tmp_path / "nope"))
 
 
@@ -113,7 +113,10 @@ def test_corrupt_image_is_one_clean_line_even_from_a_dataloader_worker(demo_data
     root = _copy(demo_data, tmp_path)
     bad = root / "train" / "circle" / "circle_00003.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    proc = run_cli("train", "--data", root, "--out", tmp_path / "run", "--image-size", "64", "--epochs", "1",
-                   "--batch-size", "64", "--workers", str(workers), "--device", "cpu")
+    # A worker is a process of its own: with one, the whole command runs as a child process, so
+    # anything the worker writes to its stderr is seen as a user would see it.
+    run = cli_subprocess if workers else cli
+    proc = run("train", "--data", root, "--out", tmp_path / "run", "--image-size", "64", "--epochs", "1",
+               "--batch-size", "64", "--workers", str(workers), "--device", "cpu")
     assert_user_error(proc, "cannot read image", str(bad))
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, run_cli
+from helpers import assert_user_error, cli
 from PIL import Image
 
 from alexnet_deploy import data
@@ -23,6 +23,7 @@ from alexnet_deploy.calibration import (
     resolve_calib_data,
     uniform_batch,
 )
+from alexnet_deploy.console import setup_logging
 from alexnet_deploy.data import (
     MAX_RESIZED_PIXELS,
     image_folder,
@@ -122,6 +123,7 @@ def test_decompression_bomb_is_one_line_naming_the_file_and_the_limit(tmp_path):
 def test_image_over_the_warning_limit_gives_our_one_line_warning(tmp_path, monkeypatch, capfd):
     Image.fromarray(np.full((31, 43), 90, np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1333 pixels: over 1x, under 2x
+    setup_logging()  # as the command line routes warnings
     assert load_image(str(tmp_path / "big.png")).size == (43, 31)
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: ") and "43 x 31" in err
@@ -238,6 +240,7 @@ def test_appledouble_ds_store_and_notes_are_ignored(small_demo, tmp_path):
 
 
 def test_one_class_is_refused_and_single_images_warned(tmp_path, capfd):
+    setup_logging()  # as the command line routes warnings
     for split in ("train", "val"):
         _one_image(tmp_path / "one" / split / "a")
     with pytest.raises(UserError, match="at least 2 classes"):
@@ -253,8 +256,8 @@ def test_train_refuses_one_class_as_one_line(tmp_path):
     for split, n in (("train", 4), ("val", 1)):  # case 74
         for i in range(n):
             _one_image(tmp_path / "single" / split / "only", f"i{i}.png")
-    proc = run_cli("train", "--data", tmp_path / "single", "--out", tmp_path / "run", "--epochs", "1",
-                   "--image-size", "64", "--device", "cpu")
+    proc = cli("train", "--data", tmp_path / "single", "--out", tmp_path / "run", "--epochs", "1",
+               "--image-size", "64", "--device", "cpu")
     assert_user_error(proc, "at least 2 classes", str(tmp_path / "single" / "train"))
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()

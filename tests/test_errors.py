@@ -6,37 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 
 import pytest
+from helpers import assert_one_line, cli_subprocess, run_main
 
 from alexnet_deploy import cli
 from alexnet_deploy.errors import expected_failure, internal_error_line, os_error_from
-
-
-def run_main(capsys, *args: str, debug_env: bool = False) -> tuple[int, str, str]:
-    """alexnet-deploy ARGS in this process: (exit code, stdout, stderr)."""
-    old_argv = sys.argv
-    sys.argv = ["alexnet-deploy", *map(str, args)]
-    cli._debug["on"] = debug_env
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old_argv
-        cli._debug["on"] = False
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n.lower() in err.lower(), (n, err)
 
 
 @pytest.mark.parametrize(("code", "needle"), [
@@ -86,21 +63,21 @@ def _boom(exc):
     return fail
 
 
-def test_internal_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path):
+def test_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path):
     import alexnet_deploy.info
 
     # A deterministic bug inside a command: the boundary is what is tested, not info itself.
     monkeypatch.setattr(alexnet_deploy.info, "run_info", _boom(ZeroDivisionError("division by zero")))
-    code, _, err = run_main(capsys, "info", tmp_path)
+    code, _, err = run_main("info", tmp_path)
     assert code == 1
     assert_one_line(err, "internal error: ZeroDivisionError: division by zero", "--debug")
 
-    code, _, err = run_main(capsys, "--debug", "info", tmp_path)
+    code, _, err = run_main("--debug", "info", tmp_path)
     assert code == 1
     assert "Traceback" in err and "ZeroDivisionError" in err
     assert err.strip().splitlines()[-1].startswith("error: internal error")
 
-    code, _, err = run_main(capsys, "info", tmp_path, debug_env=True)  # ALEXNET_DEPLOY_DEBUG=1
+    code, _, err = run_main("info", tmp_path, debug_env=True)  # ALEXNET_DEPLOY_DEBUG=1
     assert code == 1 and "Traceback" in err
 
 
@@ -110,11 +87,11 @@ def test_internal_error_is_one_line_and_debug_shows_the_traceback(capsys, monkey
     (MemoryError("cannot allocate"), "out of memory", 1),
     (KeyboardInterrupt(), "aborted", 130),  # click turns Ctrl-C into its Abort
 ])
-def test_expected_failures_through_the_boundary(capsys, monkeypatch, tmp_path, exc, needle, code):
+def test_expected_failures_through_the_boundary(monkeypatch, tmp_path, exc, needle, code):
     import alexnet_deploy.info
 
     monkeypatch.setattr(alexnet_deploy.info, "run_info", _boom(exc))
-    got, _, err = run_main(capsys, "info", tmp_path)
+    got, _, err = run_main("info", tmp_path)
     assert got == code
     assert_one_line(err, needle)
 
@@ -128,3 +105,37 @@ def test_debug_env_variable_is_read_at_start(monkeypatch):
     finally:
         monkeypatch.delenv(cli.DEBUG_ENV)
         importlib.reload(cli)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same boundary in a real child process: the console script as installed, a fresh interpreter
+# (the in-process runner above stands in for it everywhere else)
+# ---------------------------------------------------------------------------------------------
+_BUG = ("import sys, alexnet_deploy.info as info; from alexnet_deploy.cli import main; "
+        "info.run_info = lambda *a, **k: 1 / 0; sys.argv[0] = 'alexnet-deploy'; main()")
+
+
+def test_console_script_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    r = cli_subprocess("info", tmp_path / "nothing")
+    assert r.code == 2
+    assert_one_line(r.err, "not found")
+    r = cli_subprocess("--debug", "info", tmp_path / "nothing")
+    assert r.code == 2 and "Traceback" in r.err
+    assert r.err.strip().splitlines()[-1].startswith("error: ") and "not found" in r.err
+
+
+def test_console_script_usage_error_has_no_traceback(tmp_path):
+    r = cli_subprocess("validate", tmp_path, "--atol", "-1")
+    assert r.code == 2 and "Traceback" not in r.err and "--atol" in r.err
+
+
+def test_internal_error_in_a_fresh_interpreter(tmp_path):
+    def run(*args, **env):
+        return subprocess.run([sys.executable, "-c", _BUG, *args], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **env})
+
+    p = run("info", str(tmp_path))
+    assert p.returncode == 1
+    assert_one_line(p.stderr, "internal error: ZeroDivisionError", "--debug")
+    p = run("info", str(tmp_path), **{cli.DEBUG_ENV: "1"})
+    assert p.returncode == 1 and "Traceback" in p.stderr and "ZeroDivisionError" in p.stderr

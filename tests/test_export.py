@@ -3,9 +3,11 @@ inside the artifacts, the LRN variant, and every bad input the issue lists."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import pytest
 import torch
 from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
 
+from alexnet_deploy import cli
 from alexnet_deploy.calibration import split_sizes
+from alexnet_deploy.checks import Eager, post_export_check
 from alexnet_deploy.data import check_class_folders, resolve_split
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.exporters import EXPORTERS, ExportContext, check_artifact, plan_formats
+from alexnet_deploy.exporters import EXPORTERS, ExportContext, ordered, plan_formats
 from alexnet_deploy.files import sha256_file
 from alexnet_deploy.manifest import Manifest, verify_integrity
 from alexnet_deploy.model import InputSpec, ModelCard, build_model, load_weights, save_weights
@@ -73,7 +77,9 @@ def test_int8_records_calibration_and_heldout_agreement(manifest):
     assert (q["calibration_images"], a.extra["heldout_images"]) == split_sizes(n_val, 32)
     # the session's model learned the demo (>= 90 %): int8 must keep its decisions
     assert a.extra["heldout_top1_agreement"] >= 0.98
-    assert a.extra["check"]["atol"] is None  # int8: decisions only, no elementwise limit
+    # int8's smoke row: the logits' direction only (two images cannot measure agreement)
+    assert a.extra["check"]["limits"]["atol"] is None and a.extra["check"]["limits"]["min_cosine"] == 0.95
+    assert a.extra["check"]["cosine"] >= 0.95
 
 
 def test_calibration_split_never_overlaps_and_keeps_both_parts():
@@ -144,8 +150,9 @@ def test_alexnet_2012_lrn_survives_onnx_openvino_torchscript_torch_export(tmp_pa
             onnx_exporter._export_torch(ctx, model, "fp32")]
     ctx.artifacts.extend(arts)
     arts += EXPORTERS["openvino"]().export(ctx)
+    eager = Eager(model, card)
     for a in arts:
-        check = check_artifact(manifest, a, ctx)
+        check = post_export_check(manifest, a, eager)
         assert check["status"] == "ok" and check["max_abs"] <= 1e-4, (a.key, check)
 
 
@@ -157,6 +164,21 @@ def test_required_formats_come_first_and_are_added():
     assert order == ["onnx", "openvino"] and skipped == []
     order, _ = plan_formats(["openvino", "torchscript", "openvino"])
     assert order.index("onnx") < order.index("openvino") and order.count("openvino") == 1
+
+
+def test_every_plan_puts_dependencies_first_and_keeps_registry_order():
+    """Every subset of the registry: required formats added, each format after what it requires
+    (and after its `after` formats when they are exported too), registry order otherwise."""
+    names = list(EXPORTERS)
+    for r in range(1, len(names) + 1):
+        for subset in itertools.combinations(names, r):
+            order = ordered(list(reversed(subset)))  # plan_formats' order, availability aside
+            assert set(subset) <= set(order)
+            for n in order:
+                for dep in (*EXPORTERS[n].requires, *(a for a in EXPORTERS[n].after if a in order)):
+                    assert order.index(dep) < order.index(n), (subset, order)
+            # the registry lists every format after its dependencies, so the plan is registry order
+            assert order == [n for n in names if n in order], (subset, order)
 
 
 def test_unknown_format_lists_the_valid_ones():
@@ -194,6 +216,66 @@ def test_force_replaces_a_folder_and_a_failed_export_leaves_it_untouched(random_
                    show=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "out"]  # no staging folder left
+
+
+# ---------------------------------------------------------------------------------------------
+# A failed smoke check, and --target: through the CLI in this process (monkeypatch reaches it)
+# ---------------------------------------------------------------------------------------------
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """`alexnet-deploy ARGS` in this process: (exit code, stdout, stderr)."""
+    old, sys.argv = sys.argv, ["alexnet-deploy", *map(str, args)]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def skew_the_model_while_exporting(monkeypatch, fmt: str) -> None:
+    """`fmt`'s exporter writes a model whose last bias is off by 100 for class 0: the file then
+    disagrees with the eager model export compares it with (which is restored after)."""
+    real = EXPORTERS[fmt].export
+
+    def skewed(self, ctx):
+        last = [m for m in ctx.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias[0] += 100.0
+        try:
+            return real(self, ctx)
+        finally:
+            with torch.no_grad():
+                last.bias[0] -= 100.0
+
+    monkeypatch.setattr(EXPORTERS[fmt], "export", skewed)
+
+
+def test_a_failed_smoke_check_exits_1_and_writes_nothing(monkeypatch, capsys, random_weights, tmp_path):
+    skew_the_model_while_exporting(monkeypatch, "torchscript")
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "export", random_weights, "--out", out, "--formats", "torchscript",
+                            "--max-batch", "2")
+    assert code == 1, err  # a failed check, not a usage error (2)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "torchscript fp32" in err and "failed its check" in err and "elementwise" in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_export_target_is_export_then_recommend(monkeypatch, capsys, random_weights, tmp_path):
+    import alexnet_deploy.bench.recommend as rec
+
+    calls = []
+    monkeypatch.setattr(rec, "recommend_export", lambda out, **kw: calls.append(
+        (Manifest.read(out).artifacts[0].format, kw)))
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "export", random_weights, "--out", out, "--formats", "torchscript",
+                            "--max-batch", "2", "--target", "cpu")
+    assert code == 0, err
+    # recommend ran on the finished export folder, with the export's calibration settings
+    assert calls == [("torchscript", {"target": "cpu", "calib_data": None, "calib_images": 256, "show": True})]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import click
 import pytest
 import torch
 import torchvision
@@ -12,7 +13,7 @@ def test_torchvision_loads_our_weights_and_outputs_match(num_classes):
     ours = build_model("alexnet", num_classes).eval()
     theirs = torchvision.models.alexnet(num_classes=num_classes).eval()
     theirs.load_state_dict(ours.state_dict(), strict=True)
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 64, 64)  # the adaptive pool makes any size >= 63 px a full forward pass
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
 
 
@@ -22,7 +23,7 @@ def test_we_load_torchvision_state_dict_from_pth(tmp_path):
     ours, card = load_weights(tmp_path / "alexnet-owt.pth")
     assert card.arch == "alexnet" and card.num_classes == 1000
     assert card.classes[0] == "tench"  # ImageNet names come from torchvision's weights meta
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
 
 
@@ -47,6 +48,24 @@ def test_registry_lists_both_architectures():
     assert set(MODELS) >= {"alexnet", "alexnet-2012"}
     with pytest.raises(UserError, match="choose one of"):
         build_model("resnet50")
+
+
+def test_train_choices_are_the_registries(monkeypatch):
+    """--arch, --init and --optimizer accept exactly what the library registers, read when parsed:
+    a model registered by a user's plugin is a CLI choice without editing the CLI."""
+    from alexnet_deploy import model, training
+    from alexnet_deploy.cli import cli
+
+    train = cli.commands["train"]
+    types = {p.name: p.type for p in train.params}
+    assert types["arch"].choices == tuple(model.MODELS)
+    assert types["init"].choices == tuple(model.INITS)
+    assert types["optimizer"].choices == tuple(training.OPTIMIZER_DEFAULTS)
+    monkeypatch.setitem(model.MODELS, "my-alexnet", model.MODELS["alexnet"])
+    ctx = train.make_context("train", ["--data", "d", "--out", "o", "--arch", "my-alexnet"])
+    assert ctx.params["arch"] == "my-alexnet"
+    with pytest.raises(click.BadParameter, match="'alexnet', 'alexnet-2012', 'my-alexnet'"):
+        train.make_context("train", ["--data", "d", "--out", "o", "--arch", "vgg"])
 
 
 def test_safetensors_roundtrip_keeps_card(tmp_path, random_weights):

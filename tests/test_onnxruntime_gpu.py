@@ -6,24 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_tensorrt import CARD, MAX_BATCH, tiny_onnx
+from standins import CARD, tiny_onnx_export
 
 from alexnet_deploy.backends.onnxruntime.runner import OrtCudaRunner, OrtTensorRTRunner
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact
+from alexnet_deploy.manifest import Artifact
 from alexnet_deploy.runtimes import RUNNERS
 
 GPU_RUNNERS = ["onnxruntime-cuda", "onnxruntime-tensorrt"]
-
-
-def _manifest(tmp_path, precision="fp32") -> tuple[Manifest, Artifact]:
-    path = tmp_path / f"alexnet_{precision}.onnx"
-    tiny_onnx(path)
-    sha, size = hash_artifact(path)
-    art = Artifact("onnx", precision, "cpu", path.name, sha, size, batch={"min": 1, "max": MAX_BATCH})
-    manifest = Manifest(card=CARD, weights={}, artifacts=[art])
-    manifest.root = tmp_path
-    return manifest, art
 
 
 @pytest.mark.parametrize("name", GPU_RUNNERS)
@@ -40,7 +30,7 @@ def test_unavailable_here_with_a_clear_reason(name, tmp_path):
         pytest.skip(f"{name} can run on this machine")
     assert reason in ("onnxruntime is not installed", "no CUDA device") or \
         ("has no" in reason and "install onnxruntime-gpu" in reason), reason
-    manifest, art = _manifest(tmp_path)
+    manifest, art = tiny_onnx_export(tmp_path)
     with pytest.raises(UserError, match=f"backend {name} cannot run here: {reason}"):
         RUNNERS[name].from_artifact(manifest, art).activate()
 
@@ -48,8 +38,8 @@ def test_unavailable_here_with_a_clear_reason(name, tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_ep_options_follow_the_artifact(precision, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    manifest, art = _manifest(tmp_path, precision)
-    trt, cuda, cpu = OrtTensorRTRunner(manifest, art).providers()
+    manifest, art = tiny_onnx_export(tmp_path, precision)
+    trt, cuda, cpu = OrtTensorRTRunner.from_artifact(manifest, art).providers()
     name, opts = trt
     assert name == "TensorrtExecutionProvider"
     assert opts["trt_fp16_enable"] is (precision == "fp16")
@@ -58,10 +48,20 @@ def test_tensorrt_ep_options_follow_the_artifact(precision, tmp_path, monkeypatc
     cache = tmp_path / "cache" / "alexnet-deploy" / "ort-tensorrt" / f"{precision}-{art.sha256[:16]}"
     assert opts["trt_engine_cache_path"] == str(cache) and cache.is_dir()
     assert cuda[0] == "CUDAExecutionProvider" and cpu == "CPUExecutionProvider"  # fallbacks, in order
-    cuda_name, cuda_opts = OrtCudaRunner(manifest, art).providers()[0]
+    cuda_name, cuda_opts = OrtCudaRunner.from_artifact(manifest, art).providers()[0]
     assert cuda_name == "CUDAExecutionProvider"
     assert cuda_opts["use_tf32"] == (0 if precision == "fp32" else 1)  # fp32 stays true fp32
     assert cuda[1] == cuda_opts
+
+
+def test_tensorrt_ep_cache_of_a_bare_file_is_keyed_on_its_hash(tmp_path, monkeypatch):
+    """Built without a manifest, the runner hashes the file itself: the same engine cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    manifest, art = tiny_onnx_export(tmp_path, "fp16")
+    bare = OrtTensorRTRunner(tmp_path / art.path, CARD, precision="fp16")
+    listed = OrtTensorRTRunner.from_artifact(manifest, art)
+    assert bare.trt_options()["trt_engine_cache_path"] == listed.trt_options()["trt_engine_cache_path"]
+    assert bare.trt_options()["trt_engine_cache_path"].endswith(f"fp16-{art.sha256[:16]}")
 
 
 @pytest.mark.gpu
@@ -72,7 +72,7 @@ def test_real_gpu_session_matches_onnxruntime_cpu(name, tmp_path):
         pytest.skip(reason)
     import onnxruntime as ort
 
-    manifest, art = _manifest(tmp_path)
+    manifest, art = tiny_onnx_export(tmp_path)
     x = torch.randn(3, *CARD.input.shape, generator=torch.Generator().manual_seed(0)).numpy()
     ref = ort.InferenceSession(str(tmp_path / art.path), providers=["CPUExecutionProvider"]).run(
         None, {"images": x})[0]

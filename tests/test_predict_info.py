@@ -16,7 +16,7 @@ from alexnet_deploy.info import describe
 from alexnet_deploy.manifest import Manifest
 from alexnet_deploy.model import build_model, load_weights
 from alexnet_deploy.predict import run_predict
-from alexnet_deploy.runtimes import RUNNERS, runners_for
+from alexnet_deploy.runtimes import runners_for
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_predict_an_export_folder_prints_top_k_per_image(exported_dir, images, c
 def test_predict_with_each_artifact_agrees_with_eager(exported_dir, images, capsys):
     manifest = Manifest.read(exported_dir)
     expected = eager_top1(exported_dir / manifest.weights_artifact().path, images)
-    choices = [c for c in runners_for(manifest) if c.available and RUNNERS[c.runner].device == "cpu"]
+    choices = [c for c in runners_for(manifest) if c.available and c.runner_cls.device == "cpu"]
     assert choices
     for c in choices:
         preds = run_predict(manifest.path_of(c.artifact), images, top=2, backend=c.runner)
@@ -64,7 +64,20 @@ def test_predict_with_bare_weights(random_weights, images, capsys):
     assert len(preds[0].top) == 10  # top is capped at the number of classes
     assert sum(p for _, p in preds[0].top) == pytest.approx(1.0, abs=1e-5)
     assert preds[0].top[0][0] == eager_top1(random_weights, images[:1])[0]
-    assert "torch-eager" in capsys.readouterr().out
+    assert f"torch-eager [fp32] {random_weights.name}" in capsys.readouterr().out
+
+
+def test_bare_weights_become_a_runner_from_the_file_and_its_card(random_weights):
+    """No manifest is made up for a weights file outside an export: the runner is built from the
+    file and the card it carries, and there is no listed hash to check it against."""
+    from alexnet_deploy.backends.torch.runner import TorchEagerRunner
+    from alexnet_deploy.model import read_card
+    from alexnet_deploy.predict import resolve_target
+
+    target = resolve_target(random_weights)
+    assert type(target.runner) is TorchEagerRunner and target.integrity is None
+    assert target.runner.path == random_weights.resolve() and target.runner.card == read_card(random_weights)
+    assert not target.runner.active  # loaded only when predict runs it
 
 
 def test_predict_bad_inputs_exit_2(exported_dir, images, tmp_path):

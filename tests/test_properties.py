@@ -19,17 +19,23 @@ from hypothesis import strategies as st
 from trial_support import Tripwire
 
 from alexnet_deploy.errors import CheckFailed, UserError
+from alexnet_deploy.exporters import EXPORTERS
+from alexnet_deploy.manifest import PRECISIONS
+from alexnet_deploy.runtimes import RUNNERS
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "200"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 EXPECTED = (UserError, CheckFailed)
 
-# JSON values of every shape, with the kinds of scalars that break naive readers
+# JSON values of every shape, with the kinds of scalars that break naive readers, and the names a
+# manifest may really hold (every registered format, precision and runner: a new backend's
+# names are searched without editing this file)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10 ** 20), max_value=10 ** 20),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
                     st.sampled_from(["../../outside/secret.txt", "/etc", "..", ".", "", "\x1b[31m", "a\nb",
-                                     "weights.safetensors", "alexnet.onnx", 10 ** 9, -1, 0, 1e308]))
+                                     "weights.safetensors", "alexnet.onnx", 10 ** 9, -1, 0, 1e308]),
+                    st.sampled_from([*EXPORTERS, *PRECISIONS, *RUNNERS, "weights"]))
 json_values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4)
                            | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
 

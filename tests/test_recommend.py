@@ -4,6 +4,7 @@ which `benchmark` marks. No wall-clock figure is asserted: timings depend on the
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -142,7 +143,35 @@ def test_benchmark_marks_the_recommended_rows(recommended_dir):
     marked = {(r.backend, r.artifact, r.precision) for r in report.results if r.recommended}
     assert marked == {(p["runner"], p["artifact"], p["precision"]) for p in picks.values()}
     assert "recommended" in render_markdown(report)
-    assert report.to_dict()["results"][0]["recommended"] in (True, False)
+    rows = report.to_dict()["results"]  # the JSON says the same, as booleans
+    assert {(r["backend"], r["artifact"], r["precision"]) for r in rows if r["recommended"] is True} == marked
+    assert all(r["recommended"] is False for r in rows if (r["backend"], r["artifact"], r["precision"]) not in marked)
+
+
+def test_recommend_is_a_verb_and_export_target_offers_its_targets():
+    from alexnet_deploy.bench.recommend import TARGETS
+
+    proc = run_cli("recommend", "--help")
+    assert proc.returncode == 0 and "--threads" in proc.stdout, proc.stderr
+    text = " ".join(run_cli("export", "--help").stdout.split())
+    assert f"--target [{'|'.join(TARGETS)}]" in text and "alexnet-deploy recommend OUT" in text
+
+
+def test_recommend_on_a_folder_without_an_export_is_one_line(tmp_path):
+    proc = run_cli("recommend", tmp_path)
+    assert_user_error(proc, "no manifest.json")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_recommend_refuses_a_read_only_export_before_timing(exported_dir, tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    shutil.copy(exported_dir / "manifest.json", out / "manifest.json")
+    (out / "manifest.json").chmod(0o444)
+    if os.access(out / "manifest.json", os.W_OK):
+        pytest.skip("running as root: a read-only file is still writable")
+    proc = run_cli("recommend", out)
+    assert_user_error(proc, "manifest", "permission denied")
 
 
 def test_export_target_rejects_unknown_targets(random_weights, tmp_path):

@@ -1,63 +1,27 @@
 """TensorRT engines: builder configuration per TensorRT major version and precision (against a
-stand-in for the tensorrt library), the sidecar, the user-facing errors where TensorRT is missing,
-and a real build-and-run test wherever TensorRT and a GPU exist."""
+stand-in for the tensorrt library), the sidecar, the runner's checks at activation (against the
+stand-in's engines), the user-facing errors where TensorRT is missing, and a real build-and-run test
+wherever TensorRT and a GPU exist."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
 from fake_tensorrt import calls_named, make_tensorrt
-from onnx import TensorProto, helper
+from standins import CARD, GPU, MAX_BATCH, onnx_context, tiny_onnx
 
 import alexnet_deploy.backends.tensorrt.export as trt_export
+import alexnet_deploy.backends.tensorrt.runner as trt_runner
 from alexnet_deploy.backends.tensorrt.util import Sidecar, tensorrt_unavailable_reason
-from alexnet_deploy.errors import UserError
+from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.exporters import ExportContext
 from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact, verify_integrity
 from alexnet_deploy.model import InputSpec, ModelCard
-
-CARD = ModelCard(num_classes=10, input=InputSpec.for_size(TEST_IMAGE_SIZE))
-GPU = {"name": "Stand-in GPU", "compute_capability": "9.0", "cuda": "12.8"}
-MAX_BATCH = 8
-
-
-def tiny_onnx(path: Path, elem: int = TensorProto.FLOAT, qdq: bool = False, zero_point: int = 0) -> None:
-    """images (N, 3, 64, 64) -> logits (N, 10): small, valid, with the real I/O names and types."""
-    feat = 3 * TEST_IMAGE_SIZE * TEST_IMAGE_SIZE
-    np_type = helper.tensor_dtype_to_np_dtype(elem)
-    nodes, inits, src = [], [], "images"
-    if qdq:
-        inits += [helper.make_tensor("s", elem, [], [0.05]), helper.make_tensor("z", TensorProto.INT8, [], [zero_point])]
-        nodes += [helper.make_node("QuantizeLinear", ["images", "s", "z"], ["q"]),
-                  helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"])]
-        src = "dq"
-    w = np.random.default_rng(0).standard_normal((feat, 10)).astype(np_type)
-    inits.append(helper.make_tensor("w", elem, w.shape, w.tobytes(), raw=True))
-    nodes += [helper.make_node("Flatten", [src], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("images", elem, ["N", 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE])],
-        [helper.make_tensor_value_info("logits", elem, ["N", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-
-
-def onnx_context(out: Path, precisions=("fp32", "fp16", "int8")) -> ExportContext:
-    kinds = {"fp32": {}, "fp16": {"elem": TensorProto.FLOAT16}, "int8": {"qdq": True}}
-    arts = []
-    for p in precisions:
-        path = out / f"alexnet_{p}.onnx"
-        tiny_onnx(path, **kinds[p])
-        sha, size = hash_artifact(path)
-        arts.append(Artifact("onnx", p, "cpu", path.name, sha, size, batch={"min": 1, "max": MAX_BATCH}))
-    return ExportContext(model=torch.nn.Identity(), card=CARD, out=out, max_batch=MAX_BATCH, artifacts=arts)
 
 
 @pytest.fixture
@@ -222,6 +186,65 @@ def test_sidecar_round_trips_and_unreadable_sidecars_are_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# The runner's activation: sidecar, engine I/O, card (the stand-in's engines; nothing executes)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def fake_engine(fake_trt, tmp_path, monkeypatch):
+    """An fp32 engine built by the stand-in, in an export folder; the runner thinks it is on GPU."""
+    monkeypatch.setattr(trt_runner, "gpu_info", lambda: dict(GPU))
+    monkeypatch.setattr(trt_runner.TensorRTRunner, "unavailable_reason", classmethod(lambda cls: None))
+    arts = trt_export.TensorRTExporter().export(onnx_context(tmp_path, ("fp32",)))
+    return tmp_path, next(a for a in arts if a.precision == "fp32")
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0", "11.1.0"], indirect=True)
+def test_runner_activates_on_an_engine_that_takes_the_cards_input(fake_engine):
+    root, art = fake_engine
+    manifest = Manifest(card=CARD, weights={}, artifacts=[art])
+    manifest.root = root
+    runner = trt_runner.TensorRTRunner.from_artifact(manifest, art)
+    assert runner.sidecar == root / art.extra["sidecar"] and runner.device_tensors
+    with runner:
+        assert runner.active
+    assert not runner.active
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_runner_refuses_an_engine_whose_input_is_not_the_cards(fake_engine):
+    root, art = fake_engine
+    card = ModelCard(num_classes=10, input=InputSpec.for_size(32))
+    runner = trt_runner.TensorRTRunner(root / art.path, card, art.batch, shown=art.path)
+    with pytest.raises(CheckFailed, match="the card's input is 3x32x32 but tensorrt/alexnet_fp32.engine takes 3x64x64"):
+        runner.activate()
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_bare_engine_finds_its_sidecar_beside_it(fake_engine, monkeypatch):
+    """Built without a manifest, the runner still checks the sidecar next to the engine."""
+    root, art = fake_engine
+    monkeypatch.setattr(trt_runner, "gpu_info", lambda: {**GPU, "name": "Other GPU", "compute_capability": "8.0"})
+    with pytest.raises(UserError, match="built for Stand-in GPU .* Other GPU, has 8.0"):
+        trt_runner.TensorRTRunner(root / art.path, CARD).activate()
+
+
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_unreadable_engine_is_one_line(fake_engine):
+    root, art = fake_engine
+    (root / art.path).write_bytes(b"junk")
+    with pytest.raises(UserError, match="TensorRT could not deserialize alexnet_fp32.engine"):
+        trt_runner.TensorRTRunner(root / art.path, CARD).activate()
+
+
+def test_sidecar_named_outside_the_export_is_refused(tmp_path):
+    art = Artifact("tensorrt", "fp32", "cuda", "e.engine", extra={"sidecar": "../elsewhere.json"})
+    manifest = Manifest(card=CARD, weights={}, artifacts=[art])
+    manifest.root = tmp_path
+    (tmp_path / "e.engine").write_bytes(b"FAKE-ENGINE {}")
+    with pytest.raises(UserError, match="must not contain '..'"):
+        trt_runner.TensorRTRunner.from_artifact(manifest, art)
+
+
+# ----------------------------------------------------------------------------------------------
 # Where TensorRT or a GPU is missing (this machine)
 # ----------------------------------------------------------------------------------------------
 def test_unavailable_reason_names_what_is_missing():
@@ -272,7 +295,6 @@ def test_real_engine_matches_eager(random_weights, tmp_path):
     reason = tensorrt_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from alexnet_deploy.backends.tensorrt.runner import TensorRTRunner
     from alexnet_deploy.model import load_weights
     from alexnet_deploy.tolerances import limits_for
 
@@ -292,7 +314,7 @@ def test_real_engine_matches_eager(random_weights, tmp_path):
     manifest.root = tmp_path
     for art in arts:
         limits = limits_for(art.precision)
-        with TensorRTRunner(manifest, art) as runner:
+        with trt_runner.TensorRTRunner.from_artifact(manifest, art) as runner:
             for n in (1, 3, MAX_BATCH):
                 batch = torch.randn(n, *card.input.shape, generator=torch.Generator().manual_seed(n))
                 with torch.no_grad():

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 from fake_tensorrt import make_tensorrt
-from test_tensorrt import GPU, MAX_BATCH, onnx_context
+from standins import GPU, MAX_BATCH, onnx_context
 
 import alexnet_deploy.backends.tensorrt.export as trt_export
 from alexnet_deploy.backends.triton.export import TritonExporter, triton_unavailable_reason

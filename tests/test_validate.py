@@ -105,7 +105,21 @@ def test_int8_passes_within_its_limits(full_run):
     for r in int8:
         assert r["status"] == "OK", r["failures"]
         assert r["limits"]["atol"] is None  # no elementwise limit for int8
-        assert r["top1_agreement"] >= 0.98 and r["accuracy_drop"] <= 1.0
+        assert r["limits"]["max_accuracy_drop"] == 0.01  # a fraction: one percentage point
+        assert r["top1_agreement"] >= 0.98 and r["accuracy_drop"] <= 0.01
+
+
+@pytest.mark.slow
+def test_accuracy_drop_is_a_fraction_and_shown_in_points(full_run):
+    _, report = full_run
+    ok = [r for r in json.loads(report.read_text())["results"] if r["status"] == "OK"]
+    assert ok
+    for r in ok:
+        drop = r["reference_accuracy_top1"] - r["accuracy_top1"]
+        assert r["accuracy_drop"] == pytest.approx(drop, abs=1e-12), r  # a fraction, not points
+        assert 0 <= r["accuracy_top1"] <= 1 and -1 <= r["accuracy_drop"] <= 1
+    md = report.with_suffix(".md").read_text()
+    assert "acc drop (pts)" in md and "accuracy drop <= 1 pts" in md  # points, made at render time
 
 
 @pytest.mark.slow
@@ -209,9 +223,27 @@ def test_fail_fast_stops_after_the_first_failure(tampered, exported_dir):
 # ---------------------------------------------------------------------------------------------
 # Usage errors (exit 2), --list, the runner's input checks
 # ---------------------------------------------------------------------------------------------
-def test_usage_errors_exit_2(exported_dir):
-    proc = run_cli("validate", exported_dir, "--backends", "no-such-runner")
-    assert_user_error(proc, "unknown backend", *list(RUNNERS)[:3])
+def test_usage_errors_exit_2(tmp_path):
+    # checked against the registry while the options are parsed, before any folder is read
+    proc = run_cli("validate", tmp_path, "--backends", "no-such-runner")
+    assert_user_error(proc, "unknown backend 'no-such-runner'", *list(RUNNERS)[:3])
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.1"])
+def test_max_accuracy_drop_takes_a_fraction(tmp_path, value):
+    """1 meant one point before accuracies became fractions: now it is refused, not 100 points."""
+    proc = run_cli("validate", tmp_path, "--max-accuracy-drop", value)
+    assert_user_error(proc, "--max-accuracy-drop", "0.01 is one percentage point")
+    with pytest.raises(UserError, match="takes a fraction"):
+        validate(tmp_path, max_accuracy_drop=float(value))
+
+
+def test_backends_help_lists_the_registered_runners():
+    proc = run_cli("validate", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert all(name in text for name in RUNNERS)
 
 
 def test_bad_folders_are_user_errors(exported_dir, tmp_path):

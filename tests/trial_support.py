@@ -9,84 +9,25 @@ updates it on any read).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
-import traceback
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from helpers import Result
 from PIL import Image
 
 PWNED = "PWNED_"
 
 
 # ---------------------------------------------------------------------------------------------
-# running the CLI
+# running the CLI: helpers.cli (in this process) and helpers.cli_subprocess (a child process)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def lines(self) -> list[str]:
-        return [ln for ln in self.err.splitlines() if ln.strip()]
-
-
-def cli(*args, cwd: Path | None = None) -> Result:
-    """The real entry point (`alexnet_deploy.cli.main`) in this process, as `alexnet-deploy ARGS`.
-
-    An exception that escapes main() is what a user would see as a traceback: it is written to
-    err with the word Traceback so every check that forbids tracebacks catches it."""
-    from alexnet_deploy import cli as cli_mod
-
-    out, err = io.StringIO(), io.StringIO()
-    argv, old_cwd = sys.argv, os.getcwd()
-    sys.argv = ["alexnet-deploy", *map(str, args)]
-    code = 0
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli_mod.main()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:  # noqa: BLE001 - an escaped exception is the failure we look for
-                traceback.print_exc()
-                code = 99
-    finally:
-        sys.argv = argv
-        os.chdir(old_cwd)
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def cli_subprocess(*args, cwd: Path | None = None, timeout: float = 300, mem_bytes: int | None = None,
-                   env: dict | None = None) -> Result:
-    """The console script in a child process; `mem_bytes` caps its address space (the trial's
-    ulimit -v) so a case that asks for too much memory fails instead of swapping the machine."""
-    import resource
-
-    def limit():
-        if mem_bytes:
-            resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
-
-    exe = str(Path(sys.executable).parent / "alexnet-deploy")
-    p = subprocess.run([exe, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, preexec_fn=limit, env={**os.environ, **(env or {})})
-    return Result(p.returncode, p.stdout, p.stderr)
-
-
 def _is_click_usage(lines: list[str]) -> bool:
     return bool(lines) and lines[0].startswith("Usage:") and lines[-1].startswith("Error:")
 

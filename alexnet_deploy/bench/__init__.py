@@ -10,7 +10,6 @@ entry point (prints the table, writes JSON, Markdown and the PNG plot).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +31,7 @@ def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None 
                   ) -> BenchmarkReport:
     """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json)."""
     result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
-                       warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device)
     json_path = Path(report) if report else Path(result.export_dir) / "benchmark.json"
     paths = write_outputs(result, json_path, plot)
     print_table(result)

@@ -3,6 +3,7 @@ machine's roofline measured in the same run. Results are dataclasses; the JSON k
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,14 +24,20 @@ from alexnet_deploy.bench.timing import (
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.machine import default_threads, machine_info
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
+from alexnet_deploy.runtimes import Runner
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)
 INPUT_BUFFERS = 4  # inputs rotate over these so no runtime can answer from a cached input
 INPUT_BUFFER_BUDGET = 256 << 20  # fewer buffers (at least two) when large batches would exceed it
 METHOD = {
     "latency": "host wall clock (time.perf_counter) around each infer() call on numpy input, output "
-               "copied back; CUDA runners with device tensors: pinned host -> device copy, compute, "
-               "device -> host copy, timed with CUDA events per phase and the host clock overall",
+               "copied back; CUDA runners that take device tensors (the torch *-cuda runners and "
+               "tensorrt): pinned host -> device copy, compute (infer_device, CUDA-graph replay where "
+               "capture works), device -> host copy, timed with CUDA events per phase and the host "
+               "clock overall; CUDA runners that take host arrays only (onnxruntime-cuda, "
+               "onnxruntime-tensorrt): timed like CPU ones, transfers included, phases not split",
     "windows": "warm-up for warmup_s, then timed windows until 3 consecutive window medians agree "
                "within 10% (stable) or duration_s of timed calls pass (stable=false); percentiles over "
                "all timed calls",
@@ -110,19 +117,20 @@ class BenchmarkReport:
 def plan_runs(manifest: Manifest, backends: Sequence[str] | None, device: str | None,
               only: Callable[[Any], bool] | None = None):
     """(available choices, skips). Named backends that cannot run at all are a UserError;
-    `only` (a predicate on RunnerChoice) narrows the plan further."""
+    `only` (a predicate on RunnerChoice) narrows the plan further. Each choice carries its
+    runner class, which the rest of the run uses as it is."""
     from alexnet_deploy.runtimes import get_runner, runners_for
 
     if not manifest.artifacts:
         raise UserError(f"the manifest in {manifest.root} lists no artifacts: run "
                         f"`alexnet-deploy export WEIGHTS --out {manifest.root}` first")
     choices = [c for c in runners_for(manifest, list(backends) if backends else None)
-               if (device is None or get_runner(c.runner).device == device) and (only is None or only(c))]
+               if (device is None or c.runner_cls.device == device) and (only is None or only(c))]
     for name in backends or ():
         cls = get_runner(name)
         if reason := cls.unavailable_reason():
             raise UserError(f"backend {name} cannot run here: {reason}")
-        mine = [c for c in choices if c.runner == name]
+        mine = [c for c in choices if c.runner_cls is cls]
         if not mine:
             where = f" on {device}" if device and cls.device != device else ""
             raise UserError(f"backend {name} has nothing to run{where}: {manifest.root} holds no "
@@ -189,21 +197,19 @@ class _RunContext:
     roofline: dict[str, Any]
     cost: Any
     memory: PeakMemory
-    log: Callable[[str], None]
 
 
-def _bench_runner(ctx: _RunContext, runner_name: str, artifact: Artifact,
+def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact,
                   results: list[BenchResult], skips: list[Skip]) -> None:
     """Load once, then every batch size in ascending order; peaks are per runner, cumulative."""
     from alexnet_deploy.bench.roofline import floor_ms
-    from alexnet_deploy.runtimes import get_runner
 
-    cls = get_runner(runner_name)
-    runner = cls(ctx.manifest, artifact, threads=ctx.threads)
+    runner_name = cls.name
+    runner = cls.from_artifact(ctx.manifest, artifact, threads=ctx.threads)
     lo, hi = artifact.batch.min, artifact.batch.max
     ctx.memory.reset()
     rss_before = ctx.memory.current_mb()
-    ctx.log(f"{runner.label}: loading")
+    log.info(f"{runner.label}: loading")
     runner.activate()
     try:
         for batch in ctx.batch_sizes:
@@ -231,17 +237,17 @@ def _bench_runner(ctx: _RunContext, runner_name: str, artifact: Artifact,
                 floor_ms=floor, efficiency=floor / stats.p50, floor_basis=basis,
                 inference_precision=reported_precision(runner), artifact=artifact.path, **cuda))
             r = results[-1]
-            ctx.log(f"{r.label} batch {batch}: p50 {stats.p50:.3f} ms, p99 {stats.p99:.3f} ms, "
+            log.info(f"{r.label} batch {batch}: p50 {stats.p50:.3f} ms, p99 {stats.p99:.3f} ms, "
                     f"{r.throughput_ips:.1f} img/s{'' if r.stable else ' (unstable)'}")
     finally:
         runner.deactivate()
 
 
-def time_runner(runner, inputs: list[np.ndarray], warmup_s: float, duration_s: float
+def time_runner(runner: Runner, inputs: list[np.ndarray], warmup_s: float, duration_s: float
                 ) -> tuple[Timing, dict[str, Any]]:
     """One active runner at one batch size: the timing and, on CUDA, the per-phase medians
-    (runners that take CUDA tensors through `infer_cuda` are timed with CUDA events)."""
-    if runner.device == "cuda" and hasattr(runner, "infer_cuda"):
+    (CUDA runners that declare `device_tensors` are timed through `infer_device` with CUDA events)."""
+    if runner.device == "cuda" and runner.device_tensors:
         call = CudaTimedCall(runner, inputs)
         timing = time_calls(call, call.host, warmup_s, duration_s)
         extra = {**call.phase_medians(len(timing.samples_ms)), "cuda_graph": call.graph is not None}
@@ -256,9 +262,9 @@ def time_runner(runner, inputs: list[np.ndarray], warmup_s: float, duration_s: f
     return timing, extra
 
 
-def reported_precision(runner) -> str | None:
+def reported_precision(runner: Runner) -> str | None:
     """The precision the runtime says it computes in (OpenVINO's runner reports it), else None."""
-    value = getattr(runner, "effective_precision", None)
+    value = runner.runtime_precision()
     return None if value is None else precision_name(str(value))
 
 
@@ -273,7 +279,6 @@ def precision_name(text: str) -> str:
 def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = None,
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup_s: float = 1.0,
               duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
-              log: Callable[[str], None] = lambda msg: None,
               only: Callable[[Any], bool] | None = None) -> BenchmarkReport:
     """Time every available runner on every batch size; see METHOD and roofline.FORMULA."""
     import torch
@@ -294,14 +299,14 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     torch.set_num_threads(threads)  # torch-based runners run in this process
     try:
         machine = machine_info()  # before anything of ours loads the machine
-        log(f"measuring the roofline with {threads} threads")
+        log.info(f"measuring the roofline with {threads} threads")
         card = manifest.card
         cost = roofline.model_cost(card.arch, card.num_classes, card.input.crop)
         weights = roofline.weight_bytes(cost, [c.artifact.precision for c in plan])
         ctx = _RunContext(
             manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
-            duration_s=duration_s, threads=threads, cost=cost, memory=PeakMemory(), log=log,
-            roofline=roofline.measure(threads, any(_is_cuda(c.runner) for c in plan), weights))
+            duration_s=duration_s, threads=threads, cost=cost, memory=PeakMemory(),
+            roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan), weights))
         report = BenchmarkReport(
             export_dir=str(manifest.root), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             machine=machine, versions=library_versions(),
@@ -313,11 +318,11 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
             method=METHOD, skipped=skips)
         for choice in plan:
             try:
-                _bench_runner(ctx, choice.runner, choice.artifact, report.results, report.skipped)
+                _bench_runner(ctx, choice.runner_cls, choice.artifact, report.results, report.skipped)
             except Exception as e:  # a runtime failing mid-run is reported; the others still run
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 reason = f"failed: {type(e).__name__}: {first}"
-                log(f"{choice.runner} [{choice.artifact.precision}]: {reason}")
+                log.warning(f"{choice.runner} [{choice.artifact.precision}]: {reason}")
                 report.skipped.append(Skip(choice.runner, choice.artifact.format,
                                            choice.artifact.precision, reason))
     finally:
@@ -339,9 +344,3 @@ def is_recommended(result: BenchResult, recommended: dict[str, Any]) -> bool:
 def mark_recommended(results: list[BenchResult], recommended: dict[str, Any]) -> None:
     for r in results:
         r.recommended = is_recommended(r, recommended)
-
-
-def _is_cuda(runner_name: str) -> bool:
-    from alexnet_deploy.runtimes import get_runner
-
-    return get_runner(runner_name).device == "cuda"

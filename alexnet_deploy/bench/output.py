@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,17 +28,17 @@ def _row(r: BenchResult) -> list:
 
 
 def print_table(report: BenchmarkReport) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from alexnet_deploy.console import make_console
 
     table = Table(title=f"benchmark: {report.machine['cpu']}, {report.settings['threads']} threads")
     for h in HEADERS:
         table.add_column(h, justify="left" if h in ("backend", "format", "precision") else "right")
     for r in report.results:
         table.add_row(*(escape(str(v)) for v in _row(r)))
-    # a pipe or a log file gets the full table instead of 80 columns of ellipses
-    console = Console(width=None if sys.stdout.isatty() else 180)
+    console = make_console()
     console.print(table)
     if any(r.recommended for r in report.results):
         console.print(escape(RECOMMENDED_NOTE), highlight=False)

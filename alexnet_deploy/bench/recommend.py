@@ -1,19 +1,27 @@
-"""`export --target cpu`: after exporting, time every checked candidate (runner x artifact) on this
-machine and record the fastest per precision in the manifest's `recommended` section.
+"""`alexnet-deploy recommend DIR` (and `export --target cpu`, the CLI running export then this):
+time every checked candidate (runner x artifact) of an export on this machine and record the
+fastest per precision in the manifest's `recommended` section.
 
-A candidate counts only if it passed the post-export check *with that runner* (the check export
-ran, or the same check run here for runners export did not use, e.g. OpenVINO on the ONNX file or
-`openvino-bf16` on the fp32 IR). Candidates are then timed with the benchmark harness at batch 1
-and batch 32 (or the export's max batch when smaller), beside torch eager fp32 from the same run.
+A candidate counts only if it passed the smoke check *with that runner* (the one export ran, or the
+same check, checks.smoke_check, run here for runners export did not use, e.g. OpenVINO on the ONNX
+file or `openvino-bf16` on the fp32 IR). Candidates are then timed with the benchmark harness at
+batch 1 and batch 32 (or the export's max batch when smaller), beside torch eager fp32 from the
+same run.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from pathlib import Path
 from typing import Any
 
-from alexnet_deploy.errors import CheckFailed
-from alexnet_deploy.manifest import Manifest, verify_integrity
+from alexnet_deploy.checks import Eager
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 TARGETS = ("cpu",)
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -24,58 +32,70 @@ WARMUP_S, DURATION_S = 0.3, 1.5
 BASELINE = "torch-eager"
 
 
-def recommend(manifest: Manifest, ctx, target: str = "cpu", threads: int | None = None,
-              warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
-              log=lambda msg: None) -> dict[str, Any]:
-    """Check and time the candidates of `manifest` (written to `manifest.root`) for `target`;
-    returns the `recommended` section (also stored on the manifest; the caller writes it)."""
+def recommend(manifest: Manifest, eager: Eager, target: str = "cpu", threads: int | None = None,
+              warmup_s: float = WARMUP_S, duration_s: float = DURATION_S) -> dict[str, Any]:
+    """Check and time the candidates of `manifest` (read from `manifest.root`) for `target`
+    against `eager` (the export's weights); returns the `recommended` section (also stored on the
+    manifest; the caller writes it)."""
     from alexnet_deploy.bench import benchmark
-    from alexnet_deploy.runtimes import get_runner, runners_for
+    from alexnet_deploy.runtimes import runners_for
 
+    check_target(target)
     choices = [c for c in runners_for(manifest) if c.available and c.artifact.precision in PRECISIONS
-               and get_runner(c.runner).device == target]
-    checks = {_key(c.runner, c.artifact.path, c.artifact.precision): _check(manifest, c, ctx)
+               and c.runner_cls.device == target]
+    checks = {_key(c.runner, c.artifact.path, c.artifact.precision): _check(manifest, c, eager)
               for c in choices}
     passed = {k for k, v in checks.items() if not v.get("failures")}
-    cap = min(a.batch.max for a in [c.artifact for c in choices] if a.format != "weights")
+    cap = min((c.artifact.batch.max for c in choices if c.artifact.format != "weights"),
+              default=max(BATCH_SIZES))
     sizes = sorted({min(b, cap) for b in BATCH_SIZES})
     report = benchmark(manifest.root, batch_sizes=sizes, warmup_s=warmup_s, duration_s=duration_s,
-                       threads=threads, device=target, log=log,
+                       threads=threads, device=target,
                        only=lambda c: _key(c.runner, c.artifact.path, c.artifact.precision) in passed)
     section = summarise(report, checks, sizes, target)
     manifest.recommended = section
     return section
 
 
-def recommend_export(export_dir, target: str = "cpu", threads: int | None = None,
+def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads: int | None = None,
                      warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
-                     log=lambda msg: None) -> dict[str, Any]:
-    """Recommend for an existing export folder (e.g. copied to another machine): the checks compare
-    with eager on the export's own copy of the weights; the manifest is rewritten in place."""
+                     calib_data: str | os.PathLike | None = None, calib_images: int = 256,
+                     show: bool = False) -> dict[str, Any]:
+    """Recommend for an export folder (just exported, or copied to another machine): the checks
+    compare with eager on the export's own copy of the weights (int8 on held-out images of
+    `calib_data`, default the card's val data); the manifest is rewritten in place. `show`: say
+    what it does on stderr and print the picks."""
     from alexnet_deploy.calibration import resolve_calib_data
-    from alexnet_deploy.exporters import ExportContext
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.checks import reference_model
+    from alexnet_deploy.files import check_output_file
 
+    check_target(target)
     manifest = Manifest.read(export_dir)
-    weights = manifest.weights_artifact()
-    problem = verify_integrity(manifest, weights)
-    if problem:
-        raise CheckFailed(f"{problem} (refusing to load the export's weights)")
-    model, card = load_weights(manifest.path_of(weights))
-    ctx = ExportContext(model=model, card=card, out=manifest.root, calib_data=resolve_calib_data(card, None))
-    section = recommend(manifest, ctx, target, threads, warmup_s, duration_s, log)
+    check_output_file(Path(manifest.root) / "manifest.json", "manifest",
+                      hint="recommend rewrites it: copy the export folder somewhere writable")
+    eager = Eager(model=reference_model(manifest), card=manifest.card,
+                  calib_data=resolve_calib_data(manifest.card, calib_data), calib_images=calib_images)
+    log.info(f"timing the {target} candidates of {manifest.root} ...")
+    section = recommend(manifest, eager, target, threads, warmup_s, duration_s)
     manifest.write(manifest.root)
+    if show:
+        print_recommended(section)
     return section
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise UserError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
 
 
 def _key(runner: str, path: str, precision: str) -> str:
     return f"{runner}|{path}|{precision}"
 
 
-def _check(manifest: Manifest, choice, ctx) -> dict[str, Any]:
-    """The export's own check when it used this runner, else the same check run now."""
-    from alexnet_deploy.exporters import compare_with_eager
-    from alexnet_deploy.runtimes import get_runner
+def _check(manifest: Manifest, choice, eager: Eager) -> dict[str, Any]:
+    """The export's own smoke check when it used this runner on this file as stored, else the
+    same check (checks.smoke_check) run now; "failures" empty means passed."""
+    from alexnet_deploy.checks import smoke_check
 
     if choice.artifact.format == "weights":  # the reference itself
         return {"status": "ok", "runner": choice.runner, "reference": True, "failures": []}
@@ -83,11 +103,8 @@ def _check(manifest: Manifest, choice, ctx) -> dict[str, Any]:
     if done.get("runner") == choice.runner and done.get("status") == "ok" \
             and choice.artifact.extra.get("stored_precision") is None:
         return {**done, "failures": []}
-    try:
-        return compare_with_eager(manifest, choice.artifact, get_runner(choice.runner), ctx)
-    except Exception as e:  # a runtime that cannot load the file is a failed candidate, not a crash
-        return {"status": "error", "runner": choice.runner,
-                "failures": [f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"]}
+    result = smoke_check(manifest, choice.artifact, choice.runner_cls, eager)
+    return {**result.record(), "failures": result.failures}
 
 
 def summarise(report, checks: dict[str, dict], sizes: list[int], target: str) -> dict[str, Any]:
@@ -133,7 +150,7 @@ def _score(row: dict[str, Any], base: dict[str, Any] | None) -> float:
 
 
 def _brief(check: dict[str, Any]) -> dict[str, Any]:
-    keep = ("status", "runner", "top1_agreement", "max_abs", "atol", "rtol", "reference")
+    keep = ("status", "runner", "top1_agreement", "max_abs", "cosine", "limits", "reference")
     return {k: check[k] for k in keep if k in check}
 
 
@@ -148,9 +165,10 @@ def _why_missing(precision: str, checks: dict[str, dict], report) -> str:
 
 
 def print_recommended(section: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from alexnet_deploy.console import make_console
 
     sizes = [str(b) for b in section["batch_sizes"]]
     table = Table(title=f"recommended for this {section['target']} ({section['machine'].get('cpu')}, "
@@ -166,7 +184,7 @@ def print_recommended(section: dict[str, Any]) -> None:
         table.add_row(escape(label), escape(v["runner"]), escape(v["artifact"]),
                       *(f"{v['p50_ms'].get(b, float('nan')):.2f}" for b in sizes),
                       *(f"{ratios[b]:.2f}x" if b in ratios else "-" for b in sizes))
-    console = Console(width=None if Console().is_terminal else 160)
+    console = make_console()
     console.print(table)
     for p, why in section["missing"].items():
         console.print(escape(f"no {p} recommendation: {why}"), highlight=False)

@@ -164,20 +164,24 @@ class PeakMemory:
 class CudaTimedCall:
     """One call = copy a pinned host batch in, run, copy the logits out, synchronise.
 
-    The runner must offer `infer_cuda(tensor) -> tensor` on CUDA tensors (the torch-based ones
-    do). Events split each call into h2d / compute / d2h as trtexec does; the host clock around
-    the whole call is the latency. With `graph=True` the compute is captured once into a CUDA graph
-    and replayed; a runtime that cannot be captured falls back to plain calls (`graph_error` says why).
+    For runners that declare `device_tensors` (the torch *-cuda runners and tensorrt; the
+    onnxruntime GPU runners take host arrays only and are timed as CPU ones are, transfers
+    included): their `infer_device(tensor) -> tensor` runs on the current stream. Events split
+    each call into h2d / compute / d2h as trtexec does; the host clock around the whole call is the
+    latency. With `graph=True` the compute is captured once into a CUDA graph and replayed; a
+    runtime that cannot be captured falls back to plain calls (`graph_error` says why).
     """
 
     def __init__(self, runner, inputs: Sequence[np.ndarray], graph: bool = True) -> None:
         import torch
 
+        if not runner.device_tensors:
+            raise TypeError(f"{runner.name} takes host arrays only: time it with time_calls(runner.infer, ...)")
         self.torch, self.runner = torch, runner
         self.host = [torch.from_numpy(x).pin_memory() for x in inputs]
         self.device_in = torch.empty(self.host[0].shape, dtype=self.host[0].dtype, device="cuda")
         self.device_in.copy_(self.host[0])
-        out = runner.infer_cuda(self.device_in)
+        out = runner.infer_device(self.device_in)
         self.device_out = out
         self.host_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
@@ -194,11 +198,11 @@ class CudaTimedCall:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
                 for _ in range(3):
-                    self.runner.infer_cuda(self.device_in)
+                    self.runner.infer_device(self.device_in)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self.device_out = self.runner.infer_cuda(self.device_in)
+                self.device_out = self.runner.infer_device(self.device_in)
             self.graph = graph
         except Exception as e:  # each runtime fails capture its own way; fall back to plain calls
             torch.cuda.synchronize()
@@ -213,7 +217,7 @@ class CudaTimedCall:
             self.graph.replay()
             out = self.device_out
         else:
-            out = self.runner.infer_cuda(self.device_in)
+            out = self.runner.infer_device(self.device_in)
         e2.record()
         self.host_out.copy_(out, non_blocking=True)
         e3.record()

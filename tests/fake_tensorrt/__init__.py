@@ -3,7 +3,9 @@ without TensorRT or a GPU.
 
 It models the parts of NVIDIA's Python API that the exporter calls, per major version (10.x keeps
 the weak-typing BuilderFlag.FP16 / INT8; 11.x removed them), and records every call in
-`module.calls` so a test can assert how the builder was configured. Tests inject it with
+`module.calls` so a test can assert how the builder was configured. Its engines are JSON records
+of the network's I/O, which its Runtime deserializes into an engine that answers the runner's
+questions about its tensors (names, modes, types, shapes); nothing is ever executed. Tests inject it with
 `monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.9.0"))`.
 """
 
@@ -34,6 +36,7 @@ def make_tensorrt(version: str) -> types.ModuleType:
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", net_flags, start=0)
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", ["WORKSPACE"], start=0)
     trt.DataType = enum.IntEnum("DataType", ["FLOAT", "HALF", "INT8", "INT32"], start=0)
+    trt.TensorIOMode = enum.IntEnum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"], start=0)
     np_types = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16,
                 trt.DataType.INT8: np.int8, trt.DataType.INT32: np.int32}
     trt.nptype = lambda dt: np_types[dt]
@@ -138,10 +141,47 @@ def make_tensorrt(version: str) -> types.ModuleType:
 
         def build_serialized_network(self, network, config):
             record("build_serialized_network")
-            desc = {"flags": sorted(f.name for f in config.flags), "network_flags": network.flags}
+            io = [(t.name, "INPUT", t.dtype.name, list(t.shape)) for t in network.inputs]
+            io += [(t.name, "OUTPUT", t.dtype.name, list(t.shape)) for t in network.outputs]
+            desc = {"flags": sorted(f.name for f in config.flags), "network_flags": network.flags, "io": io}
             return b"FAKE-ENGINE " + json.dumps(desc).encode()
 
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    class Engine:
+        def __init__(self, io):
+            self.io = io  # [(name, mode, dtype, shape)]
+
+        num_io_tensors = property(lambda self: len(self.io))
+
+        def _tensor(self, name):
+            return next(t for t in self.io if t[0] == name)
+
+        def get_tensor_name(self, i):
+            return self.io[i][0]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode[self._tensor(name)[1]]
+
+        def get_tensor_dtype(self, name):
+            return trt.DataType[self._tensor(name)[2]]
+
+        def get_tensor_shape(self, name):
+            return tuple(self._tensor(name)[3])
+
+        def create_execution_context(self):
+            record("create_execution_context")
+            return object()  # execution needs a GPU: a runner test never gets that far
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            record("deserialize_cuda_engine")
+            if not bytes(data).startswith(b"FAKE-ENGINE "):
+                return None  # as TensorRT answers bytes it cannot read
+            return Engine(json.loads(bytes(data)[len(b"FAKE-ENGINE "):])["io"])
+
+    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
     return trt
 
 

@@ -9,7 +9,9 @@
   Symmetric throughout (every zero point 0): TensorRT's explicit quantization accepts nothing else.
 
 Every file carries the model card in metadata_props (see `card_metadata`), is checked with
-onnx.checker (full check) and strict shape inference before it is published.
+onnx.checker (full check) and strict shape inference before it is published. Node metadata keeps the
+exporter's module name scopes and class hierarchy (which PyTorch module each node came from) but not
+its stack traces, which hold the exporting machine's source paths.
 """
 
 from __future__ import annotations
@@ -153,11 +155,33 @@ def publish(proto, final: Path, card: ModelCard, precision: str) -> None:
 
     props = {p.key: p.value for p in proto.metadata_props}
     onnx.helper.set_model_props(proto, {**props, **card_metadata(card, precision)})
+    drop_stack_traces(proto)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     check_signature(proto, card, final.name)
     with atomic_path(final) as tmp:
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def drop_stack_traces(proto) -> None:
+    """Remove the exporter's per-node stack traces (file paths and source lines of the machine
+    that exported, e.g. key pkg.torch.onnx.stack_trace); the name scopes beside them stay."""
+    import onnx
+
+    def clean(graph) -> None:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if not p.key.endswith("stack_trace")]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attr in node.attribute:  # subgraphs of If / Loop / Scan
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean(attr.g)
+                for g in attr.graphs:
+                    clean(g)
+
+    for graph in (proto.graph, *proto.functions):
+        clean(graph)
 
 
 def check_signature(proto, card: ModelCard, label: str) -> None:

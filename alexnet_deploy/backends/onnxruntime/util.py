@@ -21,7 +21,6 @@ def ort_cpu_unavailable_reason() -> str | None:
     return None
 
 
-
 def ort_provider_unavailable_reason(provider: str) -> str | None:
     if importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed"

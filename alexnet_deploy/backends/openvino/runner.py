@@ -44,13 +44,14 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(self.manifest.path_of(self.artifact)))  # finds the IR's .bin
+        model = core.read_model(str(self.path))  # finds the IR's .bin
         self._compiled = core.compile_model(model, self.ov_device, self.compile_config())
+        self.check_declared_input([d.get_length() if d.is_static else None
+                                   for d in self._compiled.input(0).get_partial_shape()])
         self._request = self._compiled.create_infer_request()
 
-    @property
-    def effective_precision(self) -> str:
-        """The precision OpenVINO actually computes in (reports can show it)."""
+    def runtime_precision(self) -> str:
+        """What OpenVINO says it computes in once compiled ("f32", "bf16"), else what was asked."""
         if not self.active:
             return self.inference_precision
         return self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
@@ -69,6 +70,7 @@ class OpenVinoBf16Runner(OpenVinoRunner):
 
     name = "openvino-bf16"
     inference_precision = "bf16"
+    computes_in = "bf16"  # reports, limits and the floor follow it (Runner.as_executed)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -83,9 +85,3 @@ class OpenVinoBf16Runner(OpenVinoRunner):
     @classmethod
     def accepts(cls, artifact: Artifact) -> bool:
         return super().accepts(artifact) and artifact.precision == "fp32"
-
-    @classmethod
-    def as_executed(cls, artifact: Artifact) -> Artifact:
-        return artifact.model_copy(update={"precision": "bf16", "extra": {
-            **artifact.extra, "stored_precision": artifact.precision,
-            "computed_in": "bf16 (OpenVINO INFERENCE_PRECISION_HINT=bf16)"}})

@@ -1,14 +1,20 @@
 """The `tensorrt` runner: a serialized engine executed with torch CUDA tensors as its I/O buffers
-(no pycuda), on a torch CUDA stream, through the name-based tensor API of TensorRT 10 and 11."""
+(no pycuda), on a torch CUDA stream, through the name-based tensor API of TensorRT 10 and 11.
+
+Before it deserializes anything it checks the engine's sidecar (TensorRT version, GPU
+architecture); after, the engine's declared input shape against the card."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alexnet_deploy.backends.tensorrt.util import Sidecar, gpu_info, sidecar_path, tensorrt_unavailable_reason
 from alexnet_deploy.errors import UserError
+from alexnet_deploy.manifest import Artifact, Manifest
 from alexnet_deploy.runtimes import Runner
 
 _TORCH_DTYPES = ("float32", "float16", "bfloat16", "int8", "int32", "int64", "bool", "uint8")
@@ -18,6 +24,18 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
     formats = ("tensorrt",)
     device = "cuda"
+    device_tensors = True  # the engine reads and writes torch CUDA tensors
+
+    def __init__(self, *args: Any, sidecar: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        """`sidecar`: the engine's ENGINE.json (default: beside the engine)."""
+        super().__init__(*args, **kwargs)
+        self.sidecar = Path(sidecar) if sidecar is not None else Path(f"{self.path}.json")
+
+    @classmethod
+    def options_from(cls, manifest: Manifest, artifact: Artifact) -> dict[str, Any]:
+        assert manifest.root is not None, "manifest was not read from a folder"
+        return {**super().options_from(manifest, artifact),
+                "sidecar": sidecar_path(manifest.root, artifact.path, artifact.extra)}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -25,29 +43,25 @@ class TensorRTRunner(Runner):
 
     def activate_impl(self) -> None:
         import tensorrt as trt
-        import torch
 
-        path = self.manifest.path_of(self.artifact)
-        side = sidecar_path(self.manifest.root, self.artifact.path, self.artifact.extra)
-        Sidecar.read(side, self.artifact.path).check_built_here(self.artifact.path, str(trt.__version__),
-                                                                gpu_info())
-
+        Sidecar.read(self.sidecar, self.shown).check_built_here(self.shown, str(trt.__version__), gpu_info())
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
-            raise UserError(f"TensorRT could not deserialize {self.artifact.path} (see its messages "
+            raise UserError(f"TensorRT could not deserialize {self.shown} (see its messages "
                             f"above); re-export it on this machine")
-        self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise UserError(f"{self.artifact.path}: expected one input and one output tensor, "
+            raise UserError(f"{self.shown}: expected one input and one output tensor, "
                             f"got inputs {inputs} and outputs {outputs}")
         self._input, self._output = inputs[0], outputs[0]
+        self.check_declared_input(list(self._engine.get_tensor_shape(self._input)))  # -1: dynamic
         self._dtypes = {n: self._torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
-        self._stream = torch.cuda.Stream()
+        self._context = self._engine.create_execution_context()
+        self._stream = None  # a torch CUDA stream for host calls, made on the first one
 
     @staticmethod
     def _torch_dtype(trt: Any, dtype: Any) -> Any:
@@ -61,14 +75,14 @@ class TensorRTRunner(Runner):
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
         with torch.cuda.stream(self._stream):
             x = torch.from_numpy(batch).to("cuda")
             # .cpu() waits for this stream, so the engine's buffers outlive the execution
-            return self.infer_cuda(x).float().cpu().numpy()
+            return self.infer_device_impl(x).float().cpu().numpy()
 
-    def infer_cuda(self, x: Any) -> Any:
-        """Run a batch that is already on the GPU, on the current torch stream (the benchmark
-        times this apart from the host-device copies). Returns the output as a CUDA tensor."""
+    def infer_device_impl(self, x: Any) -> Any:
         import torch
 
         x = x.to(self._dtypes[self._input]).contiguous()
@@ -85,6 +99,7 @@ class TensorRTRunner(Runner):
 
     def deactivate_impl(self) -> None:
         # the context needs the engine and the engine the runtime: release in that order
-        for attr in ("_context", "_engine", "_runtime"):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        self._stream = None

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alexnet_deploy.card import printable
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.files import write_json
 from alexnet_deploy.machine import cuda_unavailable_reason
+from alexnet_deploy.manifest import contained, lexical_problem
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -81,5 +84,14 @@ class Sidecar:
                             f"{gpu['compute_capability']}: re-export it on this machine (--formats tensorrt)")
 
 
-def sidecar_path(root: Path, artifact_path: str, extra: dict) -> Path:
-    return root / extra.get("sidecar", artifact_path + ".json")
+def sidecar_path(root: Path, artifact_path: str, extra: dict[str, Any]) -> Path:
+    """Where an engine's sidecar is (extra["sidecar"], else ENGINE.json beside it), contained in
+    the export folder like every path a manifest names. A missing one is returned as it would be:
+    an engine built elsewhere has none, and `Sidecar.read` checks only what is known."""
+    rel = extra.get("sidecar", artifact_path + ".json")
+    problem = lexical_problem(rel)
+    if problem:
+        raise UserError(f"the sidecar of {printable(artifact_path)}, {printable(repr(rel))}, {problem}")
+    if not os.path.lexists(root / rel):
+        return root / rel
+    return contained(root, rel)

@@ -1,5 +1,10 @@
 """PyTorch runners: eager (the reference every other runner is compared with), TorchScript,
-torch.export programs and AOTInductor packages, on the CPU and (when torch sees one) a CUDA device."""
+torch.export programs and AOTInductor packages, on the CPU and (when torch sees one) a CUDA device.
+
+Every torch runner takes device tensors (`infer_device`), so the benchmark times CUDA compute
+apart from the copies. Only torch.export programs declare their input shape (checked against the
+card at activation), and eager weights the card they carry; TorchScript modules and AOTInductor
+packages expose no input shape to read."""
 
 from __future__ import annotations
 
@@ -8,22 +13,35 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from alexnet_deploy.backends.torch.util import TorchGlobals, set_tf32
 from alexnet_deploy.machine import cuda_unavailable_reason
 from alexnet_deploy.manifest import Artifact
 from alexnet_deploy.runtimes import Runner
 
 
 class TorchRunner(Runner):
-    """Shared by every torch runner: threads, device transfer, inference mode."""
+    """Shared by every torch runner: threads, TF32, device transfer, inference mode. Torch's
+    thread count and TF32 switches are process-wide: activate sets what the runner asks for and
+    deactivate puts back what was there (also when loading fails)."""
+
+    device_tensors = True  # the module takes tensors on `device` as they are
+    tf32: ClassVar[bool | None] = None  # None: leave the process's TF32 setting as it is
 
     def activate_impl(self) -> None:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)  # process-wide: torch has no per-module setting
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's upstream deprecation
-            self._module = self.load(str(self.manifest.path_of(self.artifact)))
+        self._saved = TorchGlobals.capture()
+        try:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            if self.tf32 is not None:
+                set_tf32(self.tf32)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript's upstream deprecation
+                self._module = self.load(str(self.path))
+        except BaseException:
+            self._saved.restore()
+            raise
 
     def load(self, path: str) -> Any:
         """The callable that maps an NCHW tensor on `self.device` to logits."""
@@ -32,29 +50,31 @@ class TorchRunner(Runner):
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
-            y = self._module(torch.from_numpy(batch).to(self.device))
+        y = self.infer_device_impl(torch.from_numpy(batch).to(self.device))
         return y.float().cpu().numpy()
+
+    def infer_device_impl(self, x: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self._module(x)
 
     def deactivate_impl(self) -> None:
         self._module = None
+        self._saved.restore()
 
 
 class CudaMixin:
+    """The same runner on a CUDA device, in true fp32."""
+
     device: ClassVar[str] = "cuda"
+    # TF32 (cuDNN's default for convolutions) rounds inputs to 10 mantissa bits: fp32 results
+    # would then miss the fp32 tolerance against the CPU reference. TorchRunner restores it.
+    tf32: ClassVar[bool | None] = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return cuda_unavailable_reason()
-
-    def activate_impl(self) -> None:
-        import torch
-
-        # TF32 (cuDNN's default for convolutions) rounds inputs to 10 mantissa bits: fp32 results
-        # would then miss the fp32 tolerance against the CPU reference.
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        super().activate_impl()
 
 
 class DeviceBound(TorchRunner):
@@ -72,7 +92,9 @@ class TorchEagerRunner(TorchRunner):
     def load(self, path: str) -> Any:
         from alexnet_deploy.model import load_weights
 
-        return load_weights(path, device=self.device)[0]
+        model, own = load_weights(path, device=self.device)
+        self.check_declared_input([None, *own.input.shape])  # the card the weights file carries
+        return model
 
 
 class TorchScriptRunner(DeviceBound):
@@ -92,7 +114,9 @@ class TorchExportRunner(DeviceBound):
     def load(self, path: str) -> Any:
         import torch
 
-        return torch.export.load(path).module()
+        program = torch.export.load(path)
+        self.check_declared_input(program_input_dims(program))
+        return program.module()
 
 
 class AotiRunner(DeviceBound):
@@ -103,6 +127,14 @@ class AotiRunner(DeviceBound):
         from torch._inductor import aoti_load_package
 
         return aoti_load_package(path)
+
+
+def program_input_dims(program: Any) -> list[int | None]:
+    """The first user input's shape in an ExportedProgram: ints where static, None where
+    symbolic (the batch dimension), read from its placeholder's example value."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    return [d if isinstance(d, int) else None for d in node.meta["val"].shape]
 
 
 # The same runners on a CUDA device: artifacts exported with `--device cuda`.

@@ -1,21 +1,62 @@
-"""What torch's exports, runners and the reference computation share."""
+"""What torch's exports, runners and the reference computation share: the process-wide settings
+they change (torch has no per-module thread count or TF32 switch), captured so they go back."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+def _tf32_switches() -> tuple[Any, ...]:
+    """The TF32 switches of torch's per-backend precision API: CUDA matmul, cuDNN convolutions and
+    cuDNN RNNs, each `fp32_precision` = "ieee", "tf32" or "none" (inherit). Written only through
+    this API: torch refuses to read its legacy `allow_tf32` flags once the two are mixed."""
+    import torch
+
+    b = torch.backends
+    return b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn
+
+
+def set_tf32(allowed: bool) -> None:
+    """TF32 rounds CUDA matmul/conv inputs to 10 mantissa bits: fp32 references, fp32 builds and
+    fp32 checks must not use it."""
+    for switch in _tf32_switches():
+        switch.fp32_precision = "tf32" if allowed else "ieee"
+
+
+@dataclass(frozen=True)
+class TorchGlobals:
+    """The process-wide torch settings a runner or an export may change, as they were."""
+
+    threads: int
+    fp32_precision: tuple[str, ...]  # of each TF32 switch, in _tf32_switches() order
+
+    @classmethod
+    def capture(cls) -> TorchGlobals:
+        import torch
+
+        return cls(torch.get_num_threads(), tuple(s.fp32_precision for s in _tf32_switches()))
+
+    def restore(self) -> None:
+        """Put back only what differs: a setting never changed is never written (torch tracks
+        which API wrote its TF32 state, and refuses legacy reads once the two are mixed)."""
+        import torch
+
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        for switch, value in zip(_tf32_switches(), self.fp32_precision, strict=True):
+            if switch.fp32_precision != value:
+                switch.fp32_precision = value
 
 
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    """TF32 rounds CUDA matmul/conv inputs to 10 mantissa bits: fp32 references, fp32 builds and
-    fp32 checks must not use it. The previous settings come back on exit."""
-    import torch
-
-    b = torch.backends
-    saved = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
-    b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
+    """TF32 off for the block; the previous settings come back on exit."""
+    saved = TorchGlobals.capture()
+    set_tf32(False)
     try:
         yield
     finally:
-        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = saved
+        saved.restore()

@@ -20,7 +20,7 @@ from typing import Any
 
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import ExportContext, Exporter
-from alexnet_deploy.files import write_text
+from alexnet_deploy.files import fsync_dir, fsync_file, write_text
 from alexnet_deploy.manifest import Artifact
 
 SUBDIR = "triton"
@@ -101,13 +101,12 @@ def build_config(name: str, art: Artifact, backend: Backend, inp: TensorSpec, ou
     """The ModelConfig protobuf for one model directory."""
     from tritonclient.grpc import model_config_pb2 as pb
 
-    cfg = pb.ModelConfig(name=name, platform=backend.platform, max_batch_size=art.batch["max"])
+    cfg = pb.ModelConfig(name=name, platform=backend.platform, max_batch_size=art.batch.max)
     for target, spec in ((cfg.input, inp), (cfg.output, out)):
         t = target.add(name=spec.name, data_type=pb.DataType.Value(_triton_type(spec.dtype)))
         t.dims.extend(spec.dims)
     cfg.output[0].label_filename = LABELS
-    cfg.dynamic_batching.preferred_batch_size.extend(sorted({max(1, art.batch["max"] // 2),
-                                                             art.batch["max"]}))
+    cfg.dynamic_batching.preferred_batch_size.extend(sorted({max(1, art.batch.max // 2), art.batch.max}))
     cfg.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     gpu = art.device == "cuda"
     cfg.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_GPU if gpu
@@ -169,9 +168,12 @@ class TritonExporter(Exporter):
             _link_or_copy(ctx.out / art.path, tmp / "1" / backend.filename)
             (tmp / "config.pbtxt").write_text(text)
             (tmp / LABELS).write_text("\n".join(ctx.card.classes) + "\n")
+            for f in (tmp / "config.pbtxt", tmp / LABELS, tmp / "1" / backend.filename):
+                fsync_file(f)  # the contents are on disk before the rename makes them visible
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fsync_dir(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return ctx.artifact(final, "triton", art.precision, started, device=art.device,

@@ -7,6 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from alexnet_deploy.errors import UserError
+from alexnet_deploy.manifest import Manifest
 from alexnet_deploy.report import markdown_table, write_report
 
 
@@ -31,26 +33,37 @@ def _final_metrics(weights: Path) -> dict[str, Any]:
     """The trainer's final metrics (test figures included) from the card in the weights' header."""
     from safetensors import SafetensorError, safe_open
 
+    from alexnet_deploy.card import ModelCard
+
     try:
         with safe_open(str(weights), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("card", "{}")).get("metrics", {})
-    except (OSError, ValueError, SafetensorError):  # a report is still written without them
+            text = (f.metadata() or {}).get("card")
+        return ModelCard.from_json(text).metrics if text else {}
+    except (OSError, ValueError, SafetensorError, UserError):  # a report is still written without them
         return {}
 
 
-def _export_summary(manifest: dict[str, Any] | None) -> dict[str, Any]:
-    if not manifest:
+def _read_manifest(out: Path) -> Manifest | None:
+    try:
+        return Manifest.read(out / "export")
+    except UserError:  # no export yet, or a broken one: the report says what there is
+        return None
+
+
+def _export_summary(manifest: Manifest | None) -> dict[str, Any]:
+    if manifest is None:
         return {}
     return {
-        "artifacts": [{k: a.get(k) for k in ("format", "precision", "device", "path", "bytes",
-                                             "export_s")} for a in manifest.get("artifacts", [])],
-        "skipped": manifest.get("skipped", []),
-        "versions": manifest.get("versions", {}),
+        "artifacts": [{"format": str(a.format), "precision": str(a.precision), "device": a.device,
+                       "path": a.path, "bytes": a.bytes, "export_s": a.export_s}
+                      for a in manifest.artifacts],
+        "skipped": [s.to_dict() for s in manifest.skipped],
+        "versions": manifest.versions,
     }
 
 
 def write_pipeline_report(out: Path, state: dict[str, Any]) -> dict[str, Any]:
-    manifest = _read_json(out / "export" / "manifest.json")
+    manifest = _read_manifest(out)
     validation = _read_json(out / "validate" / "validation.json") or {}
     bench = _read_json(out / "benchmark" / "benchmark.json") or {}
     report = {

@@ -1,30 +1,37 @@
 """train -> export -> validate -> benchmark as an ordered list of steps (after Model Navigator).
 
 Each step runs the real CLI command in a subprocess, its output teed to DIR/<step>/log.txt, so
-the pipeline composes exactly what a user would run by hand and every step leaves a log. The
-state of finished steps lives in DIR/pipeline.json; a rerun with the same DIR skips them.
+the pipeline composes exactly what a user would run by hand and every step leaves a log.
+
+The state of finished steps lives in DIR/pipeline.json. Each record holds the settings the step
+ran with, the run ids of the steps whose output it consumed, and its own run id. A rerun with the
+same DIR skips a step only when its last attempt succeeded with the same settings on the same
+inputs; otherwise the step runs again, and so does every step that consumes its output (its
+inputs' run ids no longer match).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from alexnet_deploy.console import make_console
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.files import check_output_dir, is_our_export, overlap, write_json
 
-console = Console(stderr=False)
+log = logging.getLogger(__name__)
+console = make_console()
 
 
 class Status(str, Enum):
@@ -72,20 +79,36 @@ class StepRecord:
     log: str
     reason: str = ""
     findings: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # what the step ran with
+    inputs: dict[str, str] = field(default_factory=dict)  # consumed step -> its run id
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)  # this attempt's id
 
 
 @dataclass
 class Step:
     name: str
+    # what the step's result depends on besides its inputs; a change reruns it
+    settings: Callable[[Settings], dict[str, Any]]
     argv: Callable[[Settings, Path], list[str] | None]  # None: nothing to do (SKIPPED)
+    consumes: tuple[str, ...] = ()  # earlier steps whose output this one reads
     ok_codes: tuple[int, ...] = (0,)
     # exit codes meaning "ran, and reported failing checks": the pipeline goes on (the benchmark
     # and the report still tell the user what they have) and says so loudly at the end
     finding_codes: tuple[int, ...] = ()
 
+    def current_settings(self, s: Settings) -> dict[str, Any]:
+        # as pipeline.json will hold them, so that a resumed run compares like with like
+        return json.loads(json.dumps(self.settings(s)))
+
 
 def _data_dir(s: Settings) -> Path:
     return s.data if s.data is not None else s.out / "data" / "demo"
+
+
+def _data_settings(s: Settings) -> dict[str, Any]:
+    if s.data is not None:
+        return {"user_data": str(s.data.resolve())}
+    return {"demo": s.recipe()["data"]}
 
 
 def _data_argv(s: Settings, d: Path) -> list[str] | None:
@@ -96,6 +119,10 @@ def _data_argv(s: Settings, d: Path) -> list[str] | None:
             "--per-class", str(r["per_class"]), "--size", str(r["size"]), "--seed", str(r["seed"])]
 
 
+def _train_settings(s: Settings) -> dict[str, Any]:
+    return s.recipe()["train"]
+
+
 def _train_argv(s: Settings, d: Path) -> list[str]:
     argv = ["train", "--data", str(_data_dir(s)), "--out", str(d)]
     for key, value in s.recipe()["train"].items():
@@ -103,36 +130,53 @@ def _train_argv(s: Settings, d: Path) -> list[str]:
     return argv
 
 
-def _export_argv(s: Settings, d: Path) -> list[str]:
+def _export_settings(s: Settings) -> dict[str, Any]:
     r = s.recipe()
-    formats = ",".join(s.formats) if s.formats else "all"
+    return {"formats": s.formats or ["all"], "max_batch": r["max_batch"], "calib_images": r["calib_images"]}
+
+
+def _export_argv(s: Settings, d: Path) -> list[str]:
+    e = _export_settings(s)
     return ["export", str(s.out / "train" / "weights.safetensors"), "--out", str(d), "--force",
-            "--formats", formats, "--max-batch", str(r["max_batch"]),
-            "--calib-images", str(r["calib_images"])]
+            "--formats", ",".join(e["formats"]), "--max-batch", str(e["max_batch"]),
+            "--calib-images", str(e["calib_images"])]
+
+
+def _validate_settings(s: Settings) -> dict[str, Any]:
+    return {"images": s.recipe()["validate_images"]}
 
 
 def _validate_argv(s: Settings, d: Path) -> list[str]:
-    r = s.recipe()
-    return ["validate", str(s.out / "export"), "--images", str(r["validate_images"]),
+    return ["validate", str(s.out / "export"), "--images", str(_validate_settings(s)["images"]),
             "--report", str(d / "validation.json")]
 
 
-def _benchmark_argv(s: Settings, d: Path) -> list[str]:
+def _benchmark_settings(s: Settings) -> dict[str, Any]:
     r = s.recipe()
-    return ["benchmark", str(s.out / "export"), "--batch-sizes", r["bench_batches"],
-            "--duration-s", str(r["bench_duration_s"]), "--warmup-s", str(r["bench_warmup_s"]),
+    return {"batch_sizes": r["bench_batches"], "duration_s": r["bench_duration_s"],
+            "warmup_s": r["bench_warmup_s"]}
+
+
+def _benchmark_argv(s: Settings, d: Path) -> list[str]:
+    b = _benchmark_settings(s)
+    return ["benchmark", str(s.out / "export"), "--batch-sizes", b["batch_sizes"],
+            "--duration-s", str(b["duration_s"]), "--warmup-s", str(b["warmup_s"]),
             "--report", str(d / "benchmark.json"), "--plot", str(d / "benchmark.png")]
 
 
 STEPS: list[Step] = [
-    Step("data", _data_argv),
-    Step("train", _train_argv),
-    Step("export", _export_argv),
-    Step("validate", _validate_argv, finding_codes=(1,)),
-    Step("benchmark", _benchmark_argv),
+    Step("data", _data_settings, _data_argv),
+    Step("train", _train_settings, _train_argv, consumes=("data",)),
+    # export calibrates on the card's val data, which the trained weights name
+    Step("export", _export_settings, _export_argv, consumes=("train",)),
+    Step("validate", _validate_settings, _validate_argv, consumes=("export",), finding_codes=(1,)),
+    Step("benchmark", _benchmark_settings, _benchmark_argv, consumes=("export",)),
 ]
 
 
+# ---------------------------------------------------------------------------------------------
+# State: what ran, with which settings, on which inputs
+# ---------------------------------------------------------------------------------------------
 def _state_path(out: Path) -> Path:
     return out / "pipeline.json"
 
@@ -142,26 +186,41 @@ def _load_state(out: Path) -> dict[str, Any]:
     if not p.is_file():
         return {"steps": {}}
     try:
-        return json.loads(p.read_text())
+        state = json.loads(p.read_text())
     except json.JSONDecodeError:
-        raise UserError(f"{p} is corrupt; remove it (or the whole {out}) to start over") from None
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("steps"), dict) or \
+            not all(isinstance(r, dict) for r in state["steps"].values()):
+        raise UserError(f"{p} is corrupt; remove it (or the whole {out}) to start over")
+    return state
 
 
-def _run_logged(argv: list[str], log: Path) -> int:
-    """Run `alexnet-deploy ARGV`, showing its output and copying it to `log`."""
-    cmd = [sys.executable, "-m", "alexnet_deploy", *argv]
-    with open(log, "w") as f:
-        f.write(LOG_HEAD + " ".join(argv) + "\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            f.write(line)
-        return proc.wait()
+def why_rerun(step: Step, s: Settings, steps: dict[str, dict[str, Any]]) -> str | None:
+    """None when the step's recorded result still holds for `s`, else why it has to run."""
+    rec = steps.get(step.name)
+    if rec is None:
+        return "not run yet"
+    if rec.get("status") not in (Status.OK, Status.SKIPPED):
+        return "its last attempt failed"
+    if "settings" not in rec:
+        return "its settings were not recorded (an older pipeline.json)"
+    changed = _changes(rec["settings"], step.current_settings(s))
+    if changed:
+        return "settings changed: " + changed
+    redone = [u for u in step.consumes if rec.get("inputs", {}).get(u) != steps.get(u, {}).get("run")]
+    if redone:
+        return f"{' and '.join(redone)} was redone since it ran"
+    return None
 
 
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+                     for k in sorted(old.keys() | new.keys(), key=str) if old.get(k) != new.get(k))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
 def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | None = None,
                  formats: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     """Run (or resume) every step; write OUT/report.md and OUT/report.json."""
@@ -176,23 +235,25 @@ def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | 
     state["settings"] = {"data": str(s.data) if s.data else None, "epochs": epochs,
                          "formats": formats, "quick": quick}
     for step in STEPS:
-        done = state["steps"].get(step.name, {})
-        if done.get("status") in (Status.OK, Status.SKIPPED):
-            console.print(f"[dim]pipeline: {step.name} already done, skipping (delete "
-                          f"{_state_path(s.out)} to redo)[/dim]")
+        why = why_rerun(step, s, state["steps"])
+        if why is None:
+            log.info(f"pipeline: {step.name} already done with these settings, skipping "
+                     f"(delete {_state_path(s.out)} to redo)")
             continue
-        state["steps"][step.name] = asdict(_run_step(step, s))
+        if step.name in state["steps"]:
+            log.info(f"pipeline: running {step.name} again: {why}")
+        rec = _run_step(step, s, state["steps"])
+        state["steps"][step.name] = asdict(rec)
         write_json(_state_path(s.out), state)
-        rec = state["steps"][step.name]
-        if rec["status"] == Status.FAIL:
-            raise UserError(f"pipeline step '{step.name}' failed ({rec['reason']}); see {rec['log']}; "
+        if rec.status == Status.FAIL:
+            raise UserError(f"pipeline step '{step.name}' failed ({rec.reason}); see {rec.log}; "
                             f"fix it and rerun the same command to resume from '{step.name}'")
-    from alexnet_deploy.pipeline_report import write_pipeline_report
+    from alexnet_deploy.pipeline.report import write_pipeline_report
 
     report = write_pipeline_report(s.out, state)
     findings = [r["findings"] for r in state["steps"].values() if r.get("findings")]
     for f in findings:
-        console.print(f"[bold red]warning[/bold red]: {f}: see the report's validation table")
+        log.warning(f"{f}: see the report's validation table")
     console.print(f"[bold green]pipeline finished[/bold green]: report at {s.out / 'report.md'}")
     return report
 
@@ -229,7 +290,7 @@ def _is_our_step_dir(d: Path) -> bool:
 
 
 def _clear_step_dir(d: Path) -> None:
-    """A previous failed attempt's folder is removed to start the step clean, but only when this
+    """A previous attempt's folder is removed to start the step clean, but only when this
     pipeline made it (its log.txt says so): never a folder of the user's that shares the name."""
     if not d.exists() and not d.is_symlink():
         return
@@ -239,25 +300,42 @@ def _clear_step_dir(d: Path) -> None:
     shutil.rmtree(d)
 
 
-def _run_step(step: Step, s: Settings) -> StepRecord:
+def run_logged(argv: list[str], log: Path) -> int:
+    """Run `alexnet-deploy ARGV`, showing its output and copying it to `log`."""
+    cmd = [sys.executable, "-m", "alexnet_deploy", *argv]
+    with open(log, "w") as f:
+        f.write(LOG_HEAD + " ".join(argv) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            f.write(line)
+        return proc.wait()
+
+
+def _run_step(step: Step, s: Settings, steps: dict[str, dict[str, Any]]) -> StepRecord:
     d = s.out / step.name
+    done = {"settings": step.current_settings(s),
+            "inputs": {u: steps[u]["run"] for u in step.consumes if "run" in steps.get(u, {})}}
     argv = step.argv(s, d)
     if argv is None:
-        return StepRecord(step.name, Status.SKIPPED, 0.0, "", "user data given")
-    if step.name != "data":
-        _clear_step_dir(d)
+        return StepRecord(step.name, Status.SKIPPED, 0.0, "", "user data given", **done)
+    _clear_step_dir(d)
     console.rule(f"[bold]{step.name}")
     t0 = time.perf_counter()
     # The log is written beside the step folder and moved in afterwards: the step's command
     # creates (export: replaces) that folder itself and must find it absent or its own.
     running_log = s.out / f".{step.name}.{LOG}"
-    code = _run_logged(argv, running_log)
+    code = run_logged(argv, running_log)
     d.mkdir(parents=True, exist_ok=True)
     os.replace(running_log, d / LOG)
     seconds = round(time.perf_counter() - t0, 1)
+    log = str(d / LOG)
     if code in step.finding_codes:
-        return StepRecord(step.name, Status.OK, seconds, str(d / "log.txt"),
-                          findings=f"{step.name} reported failing checks (exit code {code})")
+        return StepRecord(step.name, Status.OK, seconds, log,
+                          findings=f"{step.name} reported failing checks (exit code {code})", **done)
     if code not in step.ok_codes:
-        return StepRecord(step.name, Status.FAIL, seconds, str(d / "log.txt"), f"exit code {code}")
-    return StepRecord(step.name, Status.OK, seconds, str(d / "log.txt"))
+        return StepRecord(step.name, Status.FAIL, seconds, log, f"exit code {code}", **done)
+    return StepRecord(step.name, Status.OK, seconds, log, **done)
