@@ -11,9 +11,6 @@ import pytest
 import torch
 from conftest import REPO, TEST_IMAGE_SIZE
 
-from alexnet_deploy.exporters import EXPORTERS, ExportContext
-from alexnet_deploy.model import load_weights
-
 pytestmark = pytest.mark.slow
 
 SCOPES = "pkg.torch.onnx.name_scopes"
@@ -40,15 +37,14 @@ def _machine_paths() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory, random_weights, demo_data) -> dict[str, Path]:
-    """The onnx exporter's three files (fp32, fp16, int8) of the untrained demo model."""
-    out = tmp_path_factory.mktemp("onnx-export")
-    model, card = load_weights(random_weights)
-    ctx = ExportContext(model=model.eval(), card=card, out=out, max_batch=2, calib_data=demo_data / "val",
-                        calib_images=16)
-    arts = EXPORTERS["onnx"]().export(ctx)
-    assert card.input.crop == TEST_IMAGE_SIZE
-    return {a.precision: out / a.path for a in arts}
+def onnx_files(random_export) -> dict[str, Path]:
+    """The onnx exporter's three files (fp32, fp16, int8) in the session's untrained export."""
+    from alexnet_deploy.manifest import Manifest
+
+    manifest = Manifest.read(random_export)
+    files = {a.precision: manifest.path_of(a) for a in manifest.find("onnx")}
+    assert set(files) == {"fp32", "fp16", "int8"} and manifest.card.input.crop == TEST_IMAGE_SIZE
+    return files
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
