@@ -125,7 +125,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    val_top1: float  # percent, last epoch
+    val_top1: float  # a fraction 0..1 (as every accuracy the tool reports), last epoch
     val_top5: float
     test_top1: float | None  # None when the data has no test/
     test_top5: float | None
@@ -222,7 +222,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
     if splits.test_loader is not None:
         test_stats = evaluate(model, criterion, splits.test_loader, device, amp_dtype, env)
         metrics.update({f"test_{k}": v for k, v in test_stats.items()})
-        log.line(f"test top-1 {test_stats['top1']:.2f}%  top-5 {test_stats['top5']:.2f}%")
+        log.line(f"test top-1 {test_stats['top1']:.2%}  top-5 {test_stats['top5']:.2%}")
 
     weights_path = run / WEIGHTS
     if env.is_main:
@@ -283,7 +283,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, devi
 
 @torch.inference_mode()
 def evaluate(model, criterion, loader, device, amp_dtype, env) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) over the whole split, summed over every process."""
+    """Loss, top-1 and top-5 (fractions 0..1) over the whole split, summed over every process."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct@1, correct@5, count
     for images, targets in batches(loader):
@@ -299,7 +299,7 @@ def evaluate(model, criterion, loader, device, amp_dtype, env) -> dict[str, floa
                              torch.tensor(float(len(targets)), dtype=torch.float64, device=device)])
     loss, c1, c5, n = all_reduce_sum(sums, env).tolist()
     n = max(n, 1.0)
-    return {"loss": loss / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n}
+    return {"loss": loss / n, "top1": c1 / n, "top5": c5 / n}
 
 
 def batches(loader):
@@ -706,8 +706,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.plot(epochs, [h["val_top1"] for h in history], label="val top-1")
-    ax_acc.plot(epochs, [h["val_top5"] for h in history], label="val top-5")
+    ax_acc.plot(epochs, [100 * h["val_top1"] for h in history], label="val top-1")
+    ax_acc.plot(epochs, [100 * h["val_top5"] for h in history], label="val top-5")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -732,7 +732,7 @@ class Logger:
 
     def epoch(self, h: dict[str, Any]) -> None:
         self.line(f"epoch {h['epoch']}: loss {h['train_loss']:.4f}  val loss {h['val_loss']:.4f}  "
-                  f"top-1 {h['val_top1']:.2f}%  top-5 {h['val_top5']:.2f}%  "
+                  f"top-1 {h['val_top1']:.2%}  top-5 {h['val_top5']:.2%}  "
                   f"{h['images_per_s']:.0f} img/s  {h['epoch_s']:.1f} s")
 
     def progress(self, title: str, total: int):

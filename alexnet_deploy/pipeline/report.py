@@ -124,7 +124,7 @@ def _markdown(out: Path, r: dict[str, Any]) -> str:
 def _pct(v: Any) -> str:
     if v is None:
         return ""
-    return f"{100 * v:.1f}%" if v <= 1 else f"{v:.1f}%"
+    return f"{v:.1%}"  # accuracies are fractions everywhere
 
 
 def _num(v: Any) -> str:
