@@ -23,7 +23,7 @@ import numpy as np
 
 from alexnet_deploy.card import ModelCard, printable
 from alexnet_deploy.compare import Verdict, judge
-from alexnet_deploy.errors import CheckFailed
+from alexnet_deploy.errors import CheckFailed, exception_line
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
 from alexnet_deploy.tolerances import Limits, limits_for
 
@@ -100,7 +100,7 @@ def check_artifact(manifest: Manifest, artifact: Artifact, runner_cls: type, bat
         runner = runner_cls.from_artifact(manifest, artifact, threads=threads)
         outputs = _run(result, runner, batch, list(batch_sizes or [len(batch)]))
     except Exception as e:  # any runtime's failure to load or run is this artifact's failure
-        return result.fail(f"{type(e).__name__}: {first_line(e)}")
+        return result.fail(exception_line(e))
     problem = output_problem(outputs, reference)
     if problem:
         return result.fail(problem)
@@ -138,11 +138,6 @@ def split_batches(n: int, sizes: Sequence[int]) -> list[slice]:
         start += sizes[i % len(sizes)]
         i += 1
     return out
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 def pick_runner(artifact: Artifact) -> tuple[type | None, str | None]:

@@ -83,12 +83,6 @@ class _BackendsOption(click.Option):
         return super().get_help_record(ctx)
 
 
-def _accuracy_drop(ctx, param, value):
-    if value is not None and not 0 <= value < 1:
-        raise click.BadParameter(f"{value:g} is not a fraction in [0, 1): 0.01 is one percentage point")
-    return value
-
-
 def _positive_ints(ctx, param, value):
     values = _csv(int)(ctx, param, value)
     if values is not None and any(v < 1 for v in values):
@@ -263,7 +257,7 @@ def recommend(export_dir, threads):
               help="Override the precision's default rtol.")
 @click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
               help="Override the minimum top-1 agreement, a fraction (0.995 = 99.5 %).")
-@click.option("--max-accuracy-drop", default=None, type=float, callback=_accuracy_drop,
+@click.option("--max-accuracy-drop", default=None, type=float,  # its range: validate() (one rule, one line)
               help="Override the largest top-1 accuracy drop allowed, a fraction of the images "
                    "(0.01 = one percentage point; default 0.01 for bf16 and int8).")
 @click.option("--report", default=None, type=click.Path(path_type=Path),

@@ -96,6 +96,16 @@ def expected_failure(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def first_line(exc: BaseException, empty: str = "(no message)") -> str:
+    """The first line of an exception's message: runtimes raise messages of many lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else empty
+
+
+def exception_line(exc: BaseException) -> str:
+    """`TypeName: first line`, how a runtime's failure is reported in one line."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 def internal_error_line(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"internal error: {type(exc).__name__}: {first}; rerun with --debug for the traceback"
+    return f"internal error: {type(exc).__name__}: {first_line(exc, '')[:300]}; rerun with --debug for the traceback"

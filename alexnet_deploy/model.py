@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from alexnet_deploy.card import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelCard  # noqa: F401 (re-exported)
-from alexnet_deploy.errors import UserError
+from alexnet_deploy.errors import UserError, first_line
 
 TORCHVISION_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -287,7 +287,7 @@ def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe pickles
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e, empty=type(e).__name__)
         raise UserError(f"{path} is not a loadable state dict ({msg}); only plain tensors are "
                         "accepted (torch.load weights_only=True)") from None
     # torchvision's reference trainer saves {"model": state_dict, ...}; accept that too.

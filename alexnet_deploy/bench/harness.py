@@ -21,7 +21,7 @@ from alexnet_deploy.bench.timing import (
     harness_overhead_us,
     time_calls,
 )
-from alexnet_deploy.errors import CheckFailed, UserError
+from alexnet_deploy.errors import CheckFailed, UserError, exception_line
 from alexnet_deploy.machine import default_threads, machine_info
 from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
 from alexnet_deploy.runtimes import Runner
@@ -320,8 +320,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
             try:
                 _bench_runner(ctx, choice.runner_cls, choice.artifact, report.results, report.skipped)
             except Exception as e:  # a runtime failing mid-run is reported; the others still run
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                reason = f"failed: {type(e).__name__}: {first}"
+                reason = f"failed: {exception_line(e)}"
                 log.warning(f"{choice.runner} [{choice.artifact.precision}]: {reason}")
                 report.skipped.append(Skip(choice.runner, choice.artifact.format,
                                            choice.artifact.precision, reason))

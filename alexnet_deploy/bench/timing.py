@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_deploy.errors import exception_line
+
 STABLE_TOLERANCE = 0.10  # three consecutive window medians within 10% of each other
 STABLE_WINDOWS = 3
 MIN_CALLS_PER_WINDOW = 3
@@ -206,7 +208,7 @@ class CudaTimedCall:
             self.graph = graph
         except Exception as e:  # each runtime fails capture its own way; fall back to plain calls
             torch.cuda.synchronize()
-            self.graph_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            self.graph_error = exception_line(e)
 
     def __call__(self, host) -> None:
         e0, e1, e2, e3 = self.events
