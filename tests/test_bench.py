@@ -195,6 +195,36 @@ def test_floor_grows_with_batch_and_shrinks_with_precision():
     assert floor_ms(cost, 1, "fp16", roof)[0] <= f1  # no fp16 rate: fp32 rate, half the bytes
 
 
+def test_matmul_size_grows_to_the_peak_for_fast_kernels_and_stops_early_for_slow_ones(monkeypatch):
+    """A scripted clock: seconds = size^3 / rate. The fast kernel is measured at the full size; the
+    slow one (torch's reference int8 GEMM on a CPU without VNNI: ~20 s at 2048^3) stops at the first
+    size over MATMUL_MIN_S instead of spending a minute on the full one."""
+    import torch
+
+    from alexnet_deploy.bench import roofline
+
+    rates = {torch.float32: 100e9, torch.int8: 0.8e9}  # multiply-adds per second
+    timed: list[tuple[torch.dtype, int]] = []
+
+    def product(a, b):
+        timed.append((a.dtype, a.shape[0]))
+        return a
+
+    def scripted(fn, reps, sync=lambda: None):
+        fn()
+        dtype, size = timed[-1]
+        return size**3 / rates[dtype]
+
+    monkeypatch.setattr(torch, "mm", product)
+    monkeypatch.setattr(torch, "_int_mm", product)
+    monkeypatch.setattr(roofline, "_best_seconds", scripted)
+    fast = roofline._matmul_rate(torch.float32, 2048, "cpu", 3, lambda: None)
+    slow = roofline._matmul_rate(torch.int8, 2048, "cpu", 3, lambda: None)
+    assert fast == (pytest.approx(2 * 100.0), 2048)
+    assert slow[1] == 512 and slow[0] == pytest.approx(2 * 0.8)  # 512^3 / 0.8e9 = 0.17 s >= 0.05 s
+    assert max(size for dtype, size in timed if dtype == torch.int8) == 512
+
+
 # -- the command on a real export ------------------------------------------------------------------
 def _onnxruntime_or_skip():
     from alexnet_deploy.backends.onnxruntime.runner import ort_cpu_unavailable_reason

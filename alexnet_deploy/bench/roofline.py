@@ -119,23 +119,40 @@ def _best_seconds(fn: Callable[[], object], reps: int, sync: Callable[[], None] 
     return best
 
 
-def _matmul_rate(dtype, n: int, device: str, reps: int, sync) -> float | None:
-    """Best-of-reps ops/s of an n x n matmul in `dtype` (GFLOP/s, or GOP/s for int8); None if unsupported."""
+# A slow kernel (torch's reference int8 or fp16 GEMM on a CPU without VNNI / fp16 FMA) takes
+# about 20 s for one 2048^3 product on two cores; a fast one, milliseconds. Sizes grow from the
+# smallest until one product takes at least this long (or n reaches the caller's size), so both
+# kinds are measured near their peak and none costs more than about a second.
+MATMUL_MIN_S = 0.05
+MATMUL_START_N = 256
+
+
+def _matmul_rate(dtype, n: int, device: str, reps: int, sync) -> tuple[float, int] | None:
+    """Best-of-reps ops/s of a square matmul in `dtype` (GFLOP/s, or GOP/s for int8) and the size
+    measured (at most `n`); None if unsupported."""
     import torch
 
-    try:
+    def seconds_at(size: int, reps: int) -> float:
         if dtype == torch.int8:
-            a = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=device)
-            b = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=device)
+            a = torch.randint(-64, 64, (size, size), dtype=torch.int8, device=device)
+            b = torch.randint(-64, 64, (size, size), dtype=torch.int8, device=device)
             op = torch._int_mm  # int8 x int8 -> int32; the only int8 GEMM torch exposes
         else:
-            a = torch.randn(n, n, device=device).to(dtype)
-            b = torch.randn(n, n, device=device).to(dtype)
+            a = torch.randn(size, size, device=device).to(dtype)
+            b = torch.randn(size, size, device=device).to(dtype)
             op = torch.mm
-        seconds = _best_seconds(lambda: op(a, b), reps, sync)
+        return _best_seconds(lambda: op(a, b), reps, sync)
+
+    try:
+        size = min(MATMUL_START_N, n)
+        seconds = seconds_at(size, 1)
+        while size < n and seconds < MATMUL_MIN_S:
+            size = min(2 * size, n)
+            seconds = seconds_at(size, 1)
+        seconds = min(seconds, seconds_at(size, reps))
     except (RuntimeError, NotImplementedError):
         return None
-    return 2 * n**3 / seconds / 1e9
+    return 2 * size**3 / seconds / 1e9, size
 
 
 def _read_gbps(nbytes: int, device: str, reps: int, sync) -> float:
@@ -161,14 +178,11 @@ def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:
     torch.set_num_threads(threads)
     try:
         n = 2048 if threads <= 4 else 4096
-        out = {"device": "cpu", "threads": threads, "matmul_n": n}
-        out["gflops_fp32"] = _matmul_rate(torch.float32, n, "cpu", 3, lambda: None)
-        # CPUs without fp16 FMA run torch's reference fp16 GEMM: 2048^3 took 163 s on a 2-core EPYC
-        # (0.2 GFLOP/s). 512 measures the same path in well under a second.
-        out["gflops_fp16"] = _matmul_rate(torch.float16, 512, "cpu", 1, lambda: None)
+        out = {"device": "cpu", "threads": threads}
+        rates = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
         if cpu_has_bf16():
-            out["gflops_bf16"] = _matmul_rate(torch.bfloat16, n, "cpu", 3, lambda: None)
-        out["gops_int8"] = _matmul_rate(torch.int8, n, "cpu", 3, lambda: None)
+            rates["bf16"] = torch.bfloat16
+        _put_rates(out, rates, n, "cpu", 3, lambda: None)
         # Larger than the last-level cache so the sum streams from memory, within free RAM.
         llc = last_level_cache_bytes() or (64 << 20)
         nbytes = int(min(max(2 * llc, 512 << 20), 2 << 30, psutil.virtual_memory().available // 4))
@@ -180,22 +194,31 @@ def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _put_rates(out: dict, dtypes: dict, n: int, device: str, reps: int, sync) -> None:
+    """out["gflops_<p>"] (out["gops_int8"]) per precision and out["matmul_n"][p], the size each was
+    measured at; precisions the device cannot multiply are left out."""
+    sizes = out.setdefault("matmul_n", {})
+    for precision, dtype in dtypes.items():
+        measured = _matmul_rate(dtype, n, device, reps, sync)
+        if measured is not None:
+            key = "gops_int8" if precision == "int8" else f"gflops_{precision}"
+            out[key], sizes[precision] = measured
+
+
 def measure_cuda(weight_bytes: dict[str, int]) -> dict:
     """The same on the current CUDA device, plus the TF32 rate (fp32 matmuls with TF32 allowed)."""
     import torch
 
     sync = torch.cuda.synchronize
     n = 8192
-    out = {"device": "cuda", "gpu": torch.cuda.get_device_name(), "matmul_n": n}
+    out = {"device": "cuda", "gpu": torch.cuda.get_device_name()}
     tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        for key, dtype, allow_tf32 in (("gflops_fp32", torch.float32, False),
-                                       ("gflops_tf32", torch.float32, True),
-                                       ("gflops_fp16", torch.float16, False),
-                                       ("gflops_bf16", torch.bfloat16, False),
-                                       ("gops_int8", torch.int8, False)):
-            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-            out[key] = _matmul_rate(dtype, n, "cuda", 5, sync)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        _put_rates(out, {"tf32": torch.float32}, n, "cuda", 5, sync)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        _put_rates(out, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                         "int8": torch.int8}, n, "cuda", 5, sync)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     out["read_bytes"] = 2 << 30
