@@ -206,9 +206,16 @@ class _FormatsOption(click.Option):
               help="After the export, run `alexnet-deploy recommend OUT` on it: time every checked "
                    "runner x artifact here and record the fastest per precision (fp32, bf16, int8) in "
                    "the manifest's `recommended` section.")
+@click.option("--arch", default=None, type=_RegistryChoice("alexnet_deploy.model:MODELS"),
+              help="Architecture of a bare state dict [default: detected from its tensor names and "
+                   "shapes; a safetensors file's card names its own].")
+@click.option("--classes", default=None, type=click.Path(path_type=Path),
+              help="Class names for a bare state dict: a text file (one per line) or the ImageFolder "
+                   "it was trained on (its sorted class folders) [default: the card's, else class_0..].")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 def export(weights, out, formats, target, **kwargs):
-    """Export WEIGHTS (our .safetensors, a torchvision .pth, or 'torchvision') to deployment formats.
+    """Export WEIGHTS (our .safetensors, a state dict .pth of a registered architecture, or
+    'torchvision') to deployment formats.
 
     Each artifact is loaded back and checked against eager PyTorch before it is listed (a failed
     check exits 1). With --target, this is `export` followed by `recommend OUT`."""

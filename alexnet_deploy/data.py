@@ -270,6 +270,32 @@ def check_class_folders(path: Path) -> list[str]:
     return scan_class_folders(Path(path)).classes
 
 
+CLASSES_FILE_MAX_BYTES = 16 << 20  # 100,000 names of 160 characters: a larger "names file" is not one
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names for a bare state dict (`export --classes`): a text file, one name per line
+    (blank lines ignored), or an ImageFolder root / split, whose sorted class folders are the
+    order torchvision's ImageFolder gave the training (a root's train/ split)."""
+    path = Path(path)
+    if path.is_dir():
+        return check_class_folders(resolve_split(path, "train"))
+    if not path.is_file():
+        raise UserError(f"--classes {path}: no such file or folder (pass a text file with one class "
+                        "name per line, or the ImageFolder the model was trained on)")
+    if path.stat().st_size > CLASSES_FILE_MAX_BYTES:
+        raise UserError(f"--classes {path} is larger than {CLASSES_FILE_MAX_BYTES >> 20} MB: not a list "
+                        "of class names")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"--classes {path} is not UTF-8 text (one class name per line)") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"--classes {path} holds no class names (one per line)")
+    return names
+
+
 def _class_difference(expected: list[str], found: list[str]) -> str:
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))

@@ -180,13 +180,16 @@ def ordered(names: list[str]) -> list[str]:
 def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list[str] | None = None,
                max_batch: int = 64, opset: int = 18, calib_data: str | os.PathLike | None = None,
                calib_images: int = 256, device: str = "cpu", force: bool = False,
-               show: bool = True) -> Manifest:
+               show: bool = True, arch: str | None = None,
+               classes: str | os.PathLike | None = None) -> Manifest:
     """Export `weights` into `out` as `formats` (default 'all'); returns the written manifest.
     Every artifact passes its smoke check before it is listed: a failed check raises CheckFailed
-    and leaves `out` as it was."""
+    and leaves `out` as it was. `arch` names the architecture of a bare state dict whose own
+    cannot be detected (model.load_weights); `classes` a names file or ImageFolder that names its
+    classes (data.read_class_names)."""
     from alexnet_deploy.calibration import resolve_calib_data
     from alexnet_deploy.manifest import MAX_BATCH
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.model import check_input_size, load_weights
 
     if not 1 <= max_batch <= MAX_BATCH:
         raise UserError(f"--max-batch must be between 1 and {MAX_BATCH}, got {max_batch}")
@@ -200,10 +203,13 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     # Where the result goes is checked before anything is loaded or built.
     check_output_dir(out, staged=True)
     check_not_cwd(out)
-    model, card = load_weights(weights, device=device)
+    model, card = load_weights(weights, device=device, arch=arch)
+    check_input_size(card.arch, card.input.crop)
+    if classes is not None:
+        card = _named(card, classes)
     with output_lock(out):  # held through the final rename: one writer per --out
         remove_stale_staging(out)
-        check_out(out, force, weights, calib_data, *_card_data(card))
+        check_out(out, force, weights, calib_data, classes, *_card_data(card))
         needs_calib = any(EXPORTERS[n].needs_calibration for n in order)
         calib = resolve_calib_data(card, calib_data) if needs_calib else None
         with staging(out) as stage:
@@ -227,6 +233,16 @@ def _check_device(device: str) -> None:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: torch sees no CUDA device here; export with --device cpu")
+
+
+def _named(card: ModelCard, classes: str | os.PathLike) -> ModelCard:
+    from alexnet_deploy.data import read_class_names
+
+    names = read_class_names(classes)
+    if len(names) != card.num_classes:
+        raise UserError(f"--classes {classes} names {len(names)} classes but the model's head has "
+                        f"{card.num_classes} outputs: pass the names it was trained with")
+    return ModelCard.from_dict({**card.to_dict(), "classes": names}, what=f"--classes {classes}")
 
 
 def _card_data(card: ModelCard) -> list[str]:

@@ -146,6 +146,52 @@ class AlexNet2012(AlexNet):
             nn.init.constant_(m.bias, 1.0 if id(m) in ones else 0.0)
 
 
+class AlexNet384(nn.Module):
+    """The AlexNet of the most-copied PyTorch tutorials: widths 64-192-384-384-256 (the fourth
+    convolution keeps 384 channels) and no adaptive pooling (`x.view(x.size(0), 256 * 6 * 6)`), so
+    its input is fixed at 224 px. Module names as torchvision's: `features.8` is the 384->384
+    convolution, `classifier.6` the head, so such a state dict loads strictly."""
+
+    fixed_input_size = 224
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.classifier = _classifier(256 * 6 * 6, num_classes, dropout)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.features(x), 1)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def check_input_size(arch: str, size: int) -> None:
+    """Architectures without adaptive pooling take one input size only: say so before a shape
+    error deep inside the first Linear does."""
+    fixed = getattr(MODELS.get(arch), "fixed_input_size", None)
+    if fixed is not None and size != fixed:
+        raise UserError(f"{arch} takes {fixed} px inputs only (it has no adaptive pooling), got {size} px: "
+                        f"pass --image-size {fixed}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Initialisations for training from scratch (`train --init`)
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +226,61 @@ def alexnet_2012(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
     return AlexNet2012(num_classes=num_classes, dropout=dropout)
 
 
-def arch_from_state_dict(state: dict[str, torch.Tensor]) -> str:
-    """Tell the two registered networks apart by their first convolution's width."""
-    first = state.get("features.0.weight")
-    if first is None:
-        raise UserError("not an AlexNet state dict: it has no 'features.0.weight'")
-    return {64: "alexnet", 96: "alexnet-2012"}.get(first.shape[0], "unknown")
+@register_model("alexnet-384")
+def alexnet_384(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
+    return AlexNet384(num_classes=num_classes, dropout=dropout)
+
+
+alexnet_384.fixed_input_size = AlexNet384.fixed_input_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Which architecture a state dict is
+# ---------------------------------------------------------------------------------------------
+def _shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    # On the meta device: no memory, no initialisation cost, whatever the architecture's size.
+    with torch.device("meta"):
+        model = MODELS[arch](num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _head_width(arch: str, state: dict[str, torch.Tensor]) -> int | None:
+    """num_classes of `state` read from the tensors that change with it in `arch`, or None when
+    `state` does not have them."""
+    a, b = _shapes(arch, 1000), _shapes(arch, 7)
+    head = [k for k in a if a[k] != b.get(k)]
+    widths = {state[k].shape[0] for k in head if k in state and state[k].dim() > 0}
+    return widths.pop() if len(widths) == 1 else None
+
+
+def first_mismatch(arch: str, state: dict[str, torch.Tensor], num_classes: int) -> str | None:
+    """The first tensor where `state` differs from `arch` (missing, unexpected or another shape),
+    in one phrase; None when it fits."""
+    want = _shapes(arch, num_classes)
+    for k, shape in want.items():
+        if k not in state:
+            return f"{k} is missing"
+        if tuple(state[k].shape) != shape:
+            return f"{k} is {list(state[k].shape)} in the file, {list(shape)} in {arch}"
+    extra = [k for k in state if k not in want]
+    return f"{extra[0]} is not a tensor of {arch}" if extra else None
+
+
+def detect_arch(state: dict[str, torch.Tensor], source: str) -> tuple[str, int]:
+    """The one registered architecture whose every tensor name and shape `state` matches, and its
+    num_classes; anything else is one line listing what was tried and how to choose."""
+    fits = []
+    for arch in MODELS:
+        n = _head_width(arch, state)
+        if n is not None and first_mismatch(arch, state, n) is None:
+            fits.append((arch, n))
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise UserError(f"{source} fits several architectures ({', '.join(a for a, _ in fits)}): "
+                        "pass --arch NAME")
+    raise UserError(f"{source}: no registered architecture has these tensors (tried "
+                    f"{', '.join(MODELS)}); pass --arch NAME")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,12 +314,15 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 
 
 def load_weights(spec: str | os.PathLike, num_classes: int | None = None,
-                 device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+                 device: str = "cpu", arch: str | None = None) -> tuple[nn.Module, ModelCard]:
     """Build the model and its card from our safetensors, a torchvision .pth, or 'torchvision'.
 
     `num_classes`, when given and different from the weights', replaces the head with a freshly
-    initialised one (fine-tuning); everything else must match exactly.
+    initialised one (fine-tuning); everything else must match exactly. `arch`, when given, is the
+    architecture the tensors must fit (else the card's, or the one a bare state dict is detected as).
     """
+    if arch is not None and arch not in MODELS:
+        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(MODELS)}")
     spec = str(spec)
     if spec == "torchvision":
         state, card = _torchvision_state()
@@ -234,11 +332,13 @@ def load_weights(spec: str | os.PathLike, num_classes: int | None = None,
             raise UserError(f"weights file not found: {path} (pass a .safetensors, a .pth "
                             "state dict, or the word 'torchvision')")
         if path.suffix == ".safetensors":
-            state, card = _read_safetensors(path)
+            state, card = _read_safetensors(path, arch)
         else:
-            state, card = _read_pth(path)
+            state, card = _read_pth(path, arch)
+    if arch is not None and arch != card.arch:
+        card.arch = arch
     model = build_model(card.arch, card.num_classes)
-    _load_strict(model, state, spec)
+    _load_strict(model, state, spec, card.arch, card.num_classes)
     if num_classes is not None and num_classes != card.num_classes:
         model = replace_head(model, num_classes)
         card.num_classes, card.classes = num_classes, [f"class_{i}" for i in range(num_classes)]
@@ -251,17 +351,15 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
-        raise UserError(f"{source} does not match the {type(model).__name__} architecture: {detail}") \
-            from None
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str,
+                 num_classes: int) -> None:
+    if (mismatch := first_mismatch(arch, state, num_classes)) is not None:
+        raise UserError(f"{source} does not fit the {arch} architecture: {mismatch}; pass the --arch it "
+                        "was trained as, or omit --arch on a bare state dict to detect it") from None
+    model.load_state_dict(state, strict=True)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
+def _read_safetensors(path: Path, arch: str | None) -> tuple[dict[str, torch.Tensor], ModelCard]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -274,12 +372,12 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
     if "card" in meta:
         card = ModelCard.from_json(meta["card"], what=f"{path}: model card")
     else:
-        card = _card_from_state(state, source=str(path))
+        card = _card_from_state(state, source=str(path), arch=arch)
     card.source = str(path)
     return state, card
 
 
-def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
+def _read_pth(path: Path, arch: str | None) -> tuple[dict[str, torch.Tensor], ModelCard]:
     try:
         with warnings.catch_warnings():
             # torch warns about old pickle protocols on stderr; the file is refused or read below,
@@ -296,18 +394,16 @@ def _read_pth(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return obj, _card_from_state(obj, source=str(path))
+    return obj, _card_from_state(obj, source=str(path), arch=arch)
 
 
-def _card_from_state(state: dict[str, torch.Tensor], source: str) -> ModelCard:
-    arch = arch_from_state_dict(state)
-    if arch == "unknown":
-        raise UserError(f"{source}: features.0 has {state['features.0.weight'].shape[0]} channels; "
-                        f"known architectures: {', '.join(MODELS)}")
-    head = state.get("classifier.6.weight")
-    if head is None:
-        raise UserError(f"{source} has no 'classifier.6.weight': not an AlexNet state dict")
-    n = head.shape[0]
+def _card_from_state(state: dict[str, torch.Tensor], source: str, arch: str | None = None) -> ModelCard:
+    """A card for a bare state dict: `arch` (or the detected one), num_classes from its head."""
+    if arch is None:
+        arch, n = detect_arch(state, source)
+    elif (n := _head_width(arch, state)) is None:
+        raise UserError(f"{source} does not fit the {arch} architecture: "
+                        f"{first_mismatch(arch, state, 1000)}; omit --arch to detect it")
     classes = imagenet_classes() if n == 1000 else []
     return ModelCard(arch=arch, num_classes=n, classes=classes, source=source)
 

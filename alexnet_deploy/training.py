@@ -41,7 +41,16 @@ from alexnet_deploy.files import (
     remove_stale_temp_files,
     write_text,
 )
-from alexnet_deploy.model import INITS, MODELS, InputSpec, ModelCard, build_model, load_weights, save_weights
+from alexnet_deploy.model import (
+    INITS,
+    MODELS,
+    InputSpec,
+    ModelCard,
+    build_model,
+    check_input_size,
+    load_weights,
+    save_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +110,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in MODELS:
             raise UserError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(MODELS)}")
+        check_input_size(self.arch, self.image_size)
         if self.optimizer not in OPTIMIZER_DEFAULTS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of: "
                             f"{', '.join(OPTIMIZER_DEFAULTS)}")

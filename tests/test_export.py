@@ -154,6 +154,16 @@ def test_alexnet_2012_lrn_survives_onnx_openvino_torchscript_torch_export(tmp_pa
     for a in arts:
         check = post_export_check(manifest, a, eager)
         assert check["status"] == "ok" and check["max_abs"] <= 1e-4, (a.key, check)
+    # LRN is one operator, not a decomposition: TensorRT and OpenVINO run it natively.
+    import onnx
+    import openvino as ov
+
+    onnx_file = next(a for a in arts if a.format == "onnx").path
+    onnx_ops = [n.op_type for n in onnx.load(str(tmp_path / onnx_file)).graph.node]
+    assert onnx_ops.count("LRN") == 2 and not {"Pow", "AveragePool", "Pad"} & set(onnx_ops), onnx_ops
+    ir = next(a for a in arts if a.format == "openvino")
+    ir_ops = [op.get_type_name() for op in ov.Core().read_model(str(tmp_path / ir.path)).get_ops()]
+    assert ir_ops.count("LRN") == 2, ir_ops
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet_deploy.backends.onnx.operators import with_onnx_operators
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import ExportContext, Exporter
 from alexnet_deploy.files import atomic_path
@@ -114,10 +115,12 @@ def dynamo_export(model: nn.Module, ctx: ExportContext):
     shapes = None
     if ctx.max_batch > 1:
         shapes = ({0: torch.export.Dim("batch", min=1, max=ctx.max_batch)},)
+    model, translations = with_onnx_operators(model)
     with _quiet("torch.onnx", "onnxscript", "onnx_ir"):
         program = torch.onnx.export(model, (ctx.sample(min(2, ctx.max_batch)),), dynamo=True,
                                     input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=shapes,
-                                    opset_version=ctx.opset, external_data=False, verbose=False)
+                                    opset_version=ctx.opset, external_data=False, verbose=False,
+                                    custom_translation_table=translations or None)
     proto = program.model_proto
     written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if written != ctx.opset:  # the exporter keeps its own opset when it cannot convert
