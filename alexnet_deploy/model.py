@@ -6,6 +6,7 @@ validate and the tests' parametrisation all read `MODELS`.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -234,29 +235,91 @@ def alexnet_384(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
 alexnet_384.fixed_input_size = AlexNet384.fixed_input_size
 
 
+# torchvision's classifiers by name (`--arch resnet18`), after the AlexNets. Its "alexnet" is ours
+# (same network, same tensor names), so it is not registered twice.
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
+        from torchvision import models
+
+        del dropout  # the AlexNets' option; torchvision's architectures keep their own
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # googlenet / inception init notices
+            return models.get_model(name, weights=None, num_classes=num_classes)
+
+    build.torchvision = name
+    return build
+
+
+def is_torchvision(arch: str) -> bool:
+    return getattr(MODELS.get(arch), "torchvision", None) is not None
+
+
+def _register_torchvision() -> None:
+    from torchvision import models
+
+    for name in models.list_models(module=models):
+        if name not in MODELS:
+            MODELS[name] = _torchvision_builder(name)
+
+
+_register_torchvision()
+
+
+def default_input(arch: str) -> InputSpec:
+    """The input a card of `arch` gets when nothing says otherwise: torchvision's eval transform of
+    the architecture's default weights (Inception's 299 crop of 342, ...), else 224 of 256."""
+    if not is_torchvision(arch):
+        return InputSpec()
+    from torchvision import models
+
+    try:
+        t = models.get_model_weights(MODELS[arch].torchvision).DEFAULT.transforms()
+    except (ValueError, AttributeError):
+        return InputSpec()
+    return InputSpec(shape=[3, t.crop_size[0], t.crop_size[0]], mean=list(t.mean), std=list(t.std),
+                     resize=t.resize_size[0], crop=t.crop_size[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Which architecture a state dict is
 # ---------------------------------------------------------------------------------------------
-def _shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-    # On the meta device: no memory, no initialisation cost, whatever the architecture's size.
-    with torch.device("meta"):
-        model = MODELS[arch](num_classes=num_classes)
+@functools.lru_cache(maxsize=512)
+def _shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor name and shape of `arch` with `num_classes` outputs; None for an architecture
+    that cannot be built without memory (regnet initialises by copying)."""
+    try:
+        # On the meta device: no memory, no initialisation cost, whatever the architecture's size.
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's notices about future init defaults
+            model = MODELS[arch](num_classes=num_classes)
+    except NotImplementedError:
+        return None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _head_width(arch: str, state: dict[str, torch.Tensor]) -> int | None:
     """num_classes of `state` read from the tensors that change with it in `arch`, or None when
-    `state` does not have them."""
-    a, b = _shapes(arch, 1000), _shapes(arch, 7)
-    head = [k for k in a if a[k] != b.get(k)]
-    widths = {state[k].shape[0] for k in head if k in state and state[k].dim() > 0}
+    `state` does not have `arch`'s tensor names."""
+    a = _shapes(arch, 1000)
+    if a is None or a.keys() != state.keys():
+        return None
+    b = _shapes(arch, 7)
+    widths = {state[k].shape[0] for k in a if a[k] != b[k] and state[k].dim() > 0}
     return widths.pop() if len(widths) == 1 else None
+
+
+def head_keys(arch: str) -> list[str]:
+    """The tensors whose shapes depend on num_classes: what fine-tuning with new classes replaces."""
+    a, b = _shapes(arch, 1000), _shapes(arch, 7)
+    return [k for k in a if a[k] != b[k]]
 
 
 def first_mismatch(arch: str, state: dict[str, torch.Tensor], num_classes: int) -> str | None:
     """The first tensor where `state` differs from `arch` (missing, unexpected or another shape),
     in one phrase; None when it fits."""
     want = _shapes(arch, num_classes)
+    if want is None:
+        return None  # checked by load_state_dict instead
     for k, shape in want.items():
         if k not in state:
             return f"{k} is missing"
@@ -268,19 +331,23 @@ def first_mismatch(arch: str, state: dict[str, torch.Tensor], num_classes: int) 
 
 def detect_arch(state: dict[str, torch.Tensor], source: str) -> tuple[str, int]:
     """The one registered architecture whose every tensor name and shape `state` matches, and its
-    num_classes; anything else is one line listing what was tried and how to choose."""
-    fits = []
-    for arch in MODELS:
-        n = _head_width(arch, state)
-        if n is not None and first_mismatch(arch, state, n) is None:
-            fits.append((arch, n))
-    if len(fits) == 1:
-        return fits[0]
-    if fits:
-        raise UserError(f"{source} fits several architectures ({', '.join(a for a, _ in fits)}): "
-                        "pass --arch NAME")
-    raise UserError(f"{source}: no registered architecture has these tensors (tried "
-                    f"{', '.join(MODELS)}); pass --arch NAME")
+    num_classes; anything else is one line listing what was tried and how to choose. The
+    AlexNets are tried first; torchvision's architectures only when none of them fits (building
+    all of those, even on the meta device, takes seconds)."""
+    ours = [a for a in MODELS if not is_torchvision(a)]
+    for group in (ours, [a for a in MODELS if is_torchvision(a)]):
+        fits = []
+        for arch in group:
+            n = _head_width(arch, state)
+            if n is not None and first_mismatch(arch, state, n) is None:
+                fits.append((arch, n))
+        if len(fits) == 1:
+            return fits[0]
+        if fits:
+            raise UserError(f"{source} fits several architectures ({', '.join(a for a, _ in fits)}): "
+                            "pass --arch NAME")
+    raise UserError(f"{source}: no registered architecture has these tensors (tried {', '.join(ours)} "
+                    "and torchvision's classifiers); pass --arch NAME")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,14 +407,18 @@ def load_weights(spec: str | os.PathLike, num_classes: int | None = None,
     model = build_model(card.arch, card.num_classes)
     _load_strict(model, state, spec, card.arch, card.num_classes)
     if num_classes is not None and num_classes != card.num_classes:
-        model = replace_head(model, num_classes)
+        model = with_new_head(card.arch, state, num_classes)
         card.num_classes, card.classes = num_classes, [f"class_{i}" for i in range(num_classes)]
     return model.to(device).eval(), card
 
 
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    old = model.classifier[6]
-    model.classifier[6] = nn.Linear(old.in_features, num_classes)
+def with_new_head(arch: str, state: dict[str, torch.Tensor], num_classes: int) -> nn.Module:
+    """`arch` with `num_classes` outputs: every tensor from `state` but the head (head_keys), which
+    keeps the architecture's fresh initialisation (fine-tuning on other classes)."""
+    model = build_model(arch, num_classes)
+    head = set(head_keys(arch))
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    assert set(missing) == head and not unexpected, (missing, unexpected)  # state fitted arch above
     return model
 
 
@@ -405,7 +476,7 @@ def _card_from_state(state: dict[str, torch.Tensor], source: str, arch: str | No
         raise UserError(f"{source} does not fit the {arch} architecture: "
                         f"{first_mismatch(arch, state, 1000)}; omit --arch to detect it")
     classes = imagenet_classes() if n == 1000 else []
-    return ModelCard(arch=arch, num_classes=n, classes=classes, source=source)
+    return ModelCard(arch=arch, num_classes=n, classes=classes, input=default_input(arch), source=source)
 
 
 def imagenet_classes() -> list[str]:

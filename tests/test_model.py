@@ -46,8 +46,9 @@ def test_alexnet_2012_has_paper_shapes_and_lrn():
 
 def test_registry_lists_the_alexnets_torchvision_first():
     assert list(MODELS)[:3] == ["alexnet", "alexnet-2012", "alexnet-384"]
+    assert {"resnet18", "mobilenet_v3_small", "vit_b_16"} <= set(MODELS)  # torchvision's, by name
     with pytest.raises(UserError, match="choose one of"):
-        build_model("resnet50")
+        build_model("resnet-9000")
 
 
 def test_train_choices_are_the_registries(monkeypatch):

@@ -57,33 +57,28 @@ class ModelCost:
 
 
 def model_cost(arch: str, num_classes: int, image_size: int) -> ModelCost:
-    """Count conv/linear multiply-adds and parameters with hooks on a meta-device model (no memory)."""
+    """Multiply-adds and parameters of one image through the model itself, on the meta device (no
+    memory), counted by torch's FlopCounterMode: `conv` is every convolution and its parameters;
+    `fc` every other matrix product (fully connected layers, attention) and every other parameter
+    (norms, embeddings: read once per batch like the weights of a fully connected layer)."""
     import torch
     from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
 
     from alexnet_deploy.model import build_model
 
     with torch.device("meta"):
         model = build_model(arch, num_classes).eval()
-    cost = ModelCost({"conv": LayerGroup(), "fc": LayerGroup()})
-
-    def hook(module, inputs, output):
-        group = cost.groups["conv" if isinstance(module, nn.Conv2d) else "fc"]
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            per_output = module.in_channels // module.groups * kh * kw
-            group.macs += output[0].numel() * per_output
-        else:
-            group.macs += module.in_features * module.out_features
-        group.params += sum(p.numel() for p in module.parameters())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
         model(torch.empty(1, 3, image_size, image_size, device="meta"))
-    for h in handles:
-        h.remove()
-    return cost
+    flops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    conv_macs = flops.get("aten.convolution", 0) // 2
+    conv_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)
+                      for p in m.parameters(recurse=False))
+    total_params = sum(p.numel() for p in model.parameters())
+    return ModelCost({"conv": LayerGroup(conv_macs, conv_params),
+                      "fc": LayerGroup(counter.get_total_flops() // 2 - conv_macs, total_params - conv_params)})
 
 
 def floor_ms(cost: ModelCost, batch: int, precision: str, roofline: dict) -> tuple[float, str]:
