@@ -1,14 +1,17 @@
-"""alexnet-deploy: train AlexNet, export it everywhere, prove every artifact, measure them all.
+"""alexnet-deploy: train AlexNet (or your own classifier), export it everywhere, prove every
+artifact, measure them all.
 
-The public Python API, as thin re-exports resolved on first use (so `import alexnet_deploy.manifest`
-stays torch-free and the CLI starts fast):
+The public Python API (alexnet_deploy.api), as thin re-exports resolved on first use (so
+`import alexnet_deploy.manifest` stays torch-free and the CLI starts fast):
 
-    export(weights, out, formats=...)      alexnet_deploy.exporters.export_all
-    benchmark(export_dir, ...)             alexnet_deploy.bench.benchmark
-    recommend(export_dir, ...)             alexnet_deploy.bench.recommend.recommend_export
+    export(model_or_weights, out, formats=..., card=...)   -> Manifest
+    validate(export_dir, data=...)                          -> ValidationReport
+    benchmark(export_dir, batch_sizes=...)                  -> BenchmarkReport
+    recommend(export_dir, ...)                              -> Manifest with `recommended`
+    UserError, CheckFailed                                  what they raise
 
-validate is its own package: `from alexnet_deploy.validate import validate` (a re-export named
-`validate` here would be shadowed by the package itself once imported).
+`validate` is also the name of a subpackage; importing it replaces this attribute by the package,
+so the package itself is callable as the function (alexnet_deploy/validate/__init__.py).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "export": ("alexnet_deploy.exporters", "export_all"),
-    "benchmark": ("alexnet_deploy.bench", "benchmark"),
+    "export": ("alexnet_deploy.api", "export"),
+    "validate": ("alexnet_deploy.validate", None),  # the callable package
+    "benchmark": ("alexnet_deploy.api", "benchmark"),
     "recommend": ("alexnet_deploy.bench.recommend", "recommend_export"),
+    "UserError": ("alexnet_deploy.errors", "UserError"),
+    "CheckFailed": ("alexnet_deploy.errors", "CheckFailed"),
 }
 
 __all__ = ["__version__", *_API]
@@ -31,6 +37,7 @@ def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'alexnet_deploy' has no attribute {name!r}")
     module, attr = _API[name]
-    value = getattr(importlib.import_module(module), attr)
+    value = importlib.import_module(module)
+    value = getattr(value, attr) if attr else value
     globals()[name] = value  # resolved once
     return value

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.model import ModelCard
+from alexnet_deploy.models import ModelCard
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 from typing import Any, ClassVar, Literal
 
@@ -140,7 +141,12 @@ class InputSpec(Contract):
     @classmethod
     def _derived(cls, d: Any) -> Any:
         # a card that gives only `crop` means torchvision's recipe for that size
-        crop = d.get("crop") if isinstance(d, dict) else None
+        if not isinstance(d, dict):
+            return d
+        shape = d.get("shape")
+        if "crop" not in d and isinstance(shape, list) and len(shape) == 3 and type(shape[-1]) is int:
+            d = {**d, "crop": shape[-1]}  # a card that gives only the shape: its side is the crop
+        crop = d.get("crop")
         if type(crop) is int and 1 <= crop <= MAX_IMAGE_SIDE:
             d = dict(d)
             d.setdefault("shape", [3, d["crop"], d["crop"]])
@@ -176,12 +182,24 @@ class InputSpec(Contract):
         return cls(shape=[3, crop, crop], resize=int(round(crop * 256 / 224)), crop=crop)
 
 
+class ModelDefinition(Contract):
+    """A user's own module (`--model-def`): what to import and call to build it again. A card never
+    makes anything import it: the user names it again (`--model-def`), since that runs their code."""
+
+    _what: ClassVar[str] = "model card: model_def"
+    _positional: ClassVar[tuple[str, ...]] = ("spec", "args", "sha256")
+
+    spec: StrictStr = Field(min_length=1, max_length=MAX_TEXT)  # FILE.py:NAME or package.module:NAME
+    args: dict[str, Any] = Field(default_factory=dict)  # the constructor's keyword arguments (JSON values)
+    sha256: StrictStr | None = Field(None, pattern="^[0-9a-f]{64}$")  # of FILE.py when it is a file
+
+
 class ModelCard(Contract):
     """Everything a consumer needs to run the weights correctly; travels with every artifact."""
 
     _what: ClassVar[str] = "model card"
     _positional: ClassVar[tuple[str, ...]] = ("arch", "num_classes", "classes", "input", "data", "training", "metrics",
-                   "versions", "source")
+                   "versions", "source", "model_def")
 
     arch: StrictStr = Field("alexnet", max_length=MAX_TEXT)
     # bounded here, before `_names` below builds a list of that length
@@ -193,6 +211,7 @@ class ModelCard(Contract):
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, Any] = Field(default_factory=dict)
     source: StrictStr = ""
+    model_def: ModelDefinition | None = None  # set for a user's own module (arch "user:NAME")
 
     @field_validator("data")
     @classmethod
@@ -221,6 +240,20 @@ class ModelCard(Contract):
     @property
     def image_size(self) -> int:
         return self.input.crop
+
+    @property
+    def generic_names(self) -> bool:
+        """The card names no classes (class_0, class_1, ...: a bare state dict exported without
+        --classes): labelled folders are then matched by sorted position (data.load_labelled)."""
+        return self.classes == [f"class_{i}" for i in range(self.num_classes)]
+
+    @property
+    def file_stem(self) -> str:
+        """The artifacts' file names: `alexnet` for the AlexNets (the names users, scripts and the
+        C++ docs know), else the architecture's (`resnet18`, `tinynet` for `user:TinyNet`)."""
+        if self.arch.startswith("alexnet"):
+            return "alexnet"
+        return re.sub(r"[^a-z0-9_]+", "_", self.arch.removeprefix("user:").lower()).strip("_") or "model"
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

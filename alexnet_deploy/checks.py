@@ -159,7 +159,7 @@ def pick_runner(artifact: Artifact) -> tuple[type | None, str | None]:
 # ---------------------------------------------------------------------------------------------
 def reference_model(manifest: Manifest) -> nn.Module:
     """torch eager fp32 on the export's own copy of the weights: integrity-checked, then loaded."""
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.models import load_weights
 
     weights = manifest.weights_artifact()
     problem = verify_integrity(manifest, weights)

@@ -90,6 +90,35 @@ def _positive_ints(ctx, param, value):
     return values
 
 
+def _model_def_options(f):
+    """--model-def / --model-arg: a user's own module, registered (as `user:NAME`) before the
+    command runs, so every stage builds it the way it builds a registered architecture."""
+    f = click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword argument for --model-def's NAME (repeatable; VALUE read as JSON) "
+                          "[default: the ones the card records].")(f)
+    return click.option("--model-def", default=None, metavar="FILE.py:NAME|MODULE:NAME",
+                        help="Your own nn.Module class (or a function returning one). This imports and "
+                             "runs that code.")(f)
+
+
+def _register_model_def(kwargs: dict, arch_option: str | None = None) -> None:
+    """Register --model-def (popping both options from `kwargs`); with `arch_option`, the
+    command's --arch becomes the registered name (giving both is a usage error)."""
+    spec, args = kwargs.pop("model_def"), kwargs.pop("model_args")
+    if spec is None:
+        if args:
+            raise click.UsageError("--model-arg is an argument of --model-def: pass --model-def too")
+        return
+    from alexnet_deploy.models.user import parse_model_args, register_model_def
+
+    name = register_model_def(spec, parse_model_args(args))
+    if arch_option is not None:
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source(arch_option) is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--arch and --model-def both name the architecture: pass one")
+        kwargs[arch_option] = name
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="alexnet-deploy")
 @click.option("--debug", is_flag=True,
@@ -139,7 +168,7 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="ImageFolder root holding train/ and val/ (and optionally test/).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
-@click.option("--arch", default="alexnet", show_default=True, type=_RegistryChoice("alexnet_deploy.model:MODELS"))
+@click.option("--arch", default="alexnet", show_default=True, type=_RegistryChoice("alexnet_deploy.models:MODELS"))
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
@@ -155,7 +184,7 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Classifier dropout.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--init", default="kaiming", show_default=True, type=_RegistryChoice("alexnet_deploy.model:INITS"),
+@click.option("--init", default="kaiming", show_default=True, type=_RegistryChoice("alexnet_deploy.models:INITS"),
               help="Initialisation when training from scratch; 'arch' keeps torchvision's (alexnet) or the "
                    "paper's (alexnet-2012), which leave AlexNet near chance for hundreds of steps.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
@@ -166,10 +195,12 @@ def data_demo(out, classes, per_class, size, seed):
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--weights", default=None, help="Start from these weights (.safetensors, .pth or 'torchvision').")
 @click.option("--deterministic", is_flag=True, help="Bitwise-reproducible kernels (slower).")
+@_model_def_options
 def train(data_dir, out, **kwargs):
     """Train or fine-tune on an ImageFolder; writes OUT/weights.safetensors with the model card."""
     from alexnet_deploy.training import TrainConfig, fit
 
+    _register_model_def(kwargs, "arch")
     cfg = TrainConfig(data=str(data_dir), out=str(out), compile=kwargs.pop("compile_"), **kwargs)
     fit(cfg)
 
@@ -206,12 +237,16 @@ class _FormatsOption(click.Option):
               help="After the export, run `alexnet-deploy recommend OUT` on it: time every checked "
                    "runner x artifact here and record the fastest per precision (fp32, bf16, int8) in "
                    "the manifest's `recommended` section.")
-@click.option("--arch", default=None, type=_RegistryChoice("alexnet_deploy.model:MODELS"),
+@click.option("--arch", default=None, type=_RegistryChoice("alexnet_deploy.models:MODELS"),
               help="Architecture of a bare state dict [default: detected from its tensor names and "
                    "shapes; a safetensors file's card names its own].")
 @click.option("--classes", default=None, type=click.Path(path_type=Path),
               help="Class names for a bare state dict: a text file (one per line) or the ImageFolder "
                    "it was trained on (its sorted class folders) [default: the card's, else class_0..].")
+@click.option("--image-size", default=None, type=int,
+              help="Input side in pixels of a bare state dict or your own module [default: the card's, "
+                   "else the architecture's (224, Inception 299)].")
+@_model_def_options
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 def export(weights, out, formats, target, **kwargs):
     """Export WEIGHTS (our .safetensors, a state dict .pth of a registered architecture, or
@@ -221,6 +256,7 @@ def export(weights, out, formats, target, **kwargs):
     check exits 1). With --target, this is `export` followed by `recommend OUT`."""
     from alexnet_deploy.exporters import export_all
 
+    _register_model_def(kwargs, "arch")
     export_all(weights, out, formats=_format_names(formats), **kwargs)
     if target is not None:
         from alexnet_deploy.bench.recommend import recommend_export
@@ -271,10 +307,12 @@ def recommend(export_dir, threads):
               help="JSON report path [default: EXPORT_DIR/validation.json]; Markdown beside it.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing backend.")
 @click.option("--list", "list_only", is_flag=True, help="List the runners and whether each can run here.")
+@_model_def_options
 def validate(export_dir, **kwargs):
     """Check every artifact in EXPORT_DIR against the PyTorch reference. Exit 0 pass, 1 fail, 2 usage."""
     from alexnet_deploy.validate import run_validate
 
+    _register_model_def(kwargs)
     if not kwargs["list_only"]:
         _check_report_paths(export_dir, kwargs["report"], "validation")
     run_validate(export_dir, **kwargs)
@@ -314,10 +352,12 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
               help="JSON report [default: EXPORT_DIR/benchmark.json]; Markdown beside it.")
 @click.option("--plot", default=None, type=click.Path(path_type=Path),
               help="PNG plot [default: beside the report].")
+@_model_def_options
 def benchmark(export_dir, **kwargs):
     """Latency percentiles, throughput, memory and roofline efficiency per backend and batch size."""
     from alexnet_deploy.bench import run_benchmark
 
+    _register_model_def(kwargs)
     _check_report_paths(export_dir, kwargs["report"], "benchmark", plot=kwargs["plot"])
     run_benchmark(export_dir, **kwargs)
 
@@ -344,10 +384,12 @@ def pipeline(data_dir, out, epochs, formats, quick):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--backend", default=None, help="Runner to use [default: the first that can run it].")
-def predict(artifact, images, top, backend):
+@_model_def_options
+def predict(artifact, images, top, backend, **kwargs):
     """Classify IMAGES with an artifact, an export folder, or weights."""
     from alexnet_deploy.predict import run_predict
 
+    _register_model_def(kwargs)
     run_predict(artifact, list(images), top=top, backend=backend)
 
 
@@ -368,10 +410,12 @@ def preprocess(images, card, out):
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def info(path, as_json):
+@_model_def_options
+def info(path, as_json, **kwargs):
     """Describe weights, an artifact, or an export folder."""
     from alexnet_deploy.info import run_info
 
+    _register_model_def(kwargs)
     run_info(path, as_json=as_json)
 
 

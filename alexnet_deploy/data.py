@@ -413,6 +413,7 @@ class LabelledBatch:
     images: np.ndarray  # float32 NCHW, preprocessed with the card
     labels: np.ndarray  # int64 class indices into card.classes
     paths: list[str]
+    by_position: dict[str, str] | None = None  # folder -> card name, when the card names no classes
 
 
 def balanced_subset(groups: list[list[int]], limit: int | None, seed: int) -> list[int]:
@@ -444,8 +445,12 @@ def preprocess_paths(paths: list[str], transform, shape) -> np.ndarray:
 def load_labelled(root: str | os.PathLike, card, limit: int | None = None, split: str = "val",
                   seed: int = 0) -> LabelledBatch:
     """Up to `limit` preprocessed images of a split, classes checked against the card; labels are
-    indices into card.classes. A class-balanced, seeded subset (see balanced_subset)."""
-    ds = image_folder(resolve_split(root, split), classes=card.classes)
+    indices into card.classes. A class-balanced, seeded subset (see balanced_subset). A card with
+    generic names (class_0, ...) takes the folder's sorted classes in their place, by position: the
+    order torchvision's ImageFolder gave the training; said in one warning and in `by_position`."""
+    folder = resolve_split(root, split)
+    mapping = _by_position(folder, card)
+    ds = image_folder(folder, classes=list(mapping) if mapping else card.classes)
     by_class: dict[int, list[int]] = {}
     for i, (_, y) in enumerate(ds.samples):
         by_class.setdefault(y, []).append(i)
@@ -453,7 +458,24 @@ def load_labelled(root: str | os.PathLike, card, limit: int | None = None, split
     paths = [ds.samples[i][0] for i in indices]
     images = preprocess_paths(paths, card_transform(card), card.input.shape)
     labels = np.array([ds.samples[i][1] for i in indices], dtype=np.int64)
-    return LabelledBatch(images, labels, paths)
+    return LabelledBatch(images, labels, paths, mapping)
+
+
+def _by_position(folder: Path, card) -> dict[str, str] | None:
+    if not card.generic_names:
+        return None
+    found = scan_class_folders(folder).classes
+    if found == card.classes:
+        return None
+    if len(found) != card.num_classes:
+        raise UserError(f"{folder} has {len(found)} classes but the model has {card.num_classes} outputs "
+                        "and its card names none: pass data with that many class folders (or export "
+                        "with --classes)")
+    mapping = dict(zip(found, card.classes, strict=True))
+    shown = ", ".join(f"{k}={v}" for k, v in list(mapping.items())[:4]) + (", ..." if len(found) > 4 else "")
+    log.warning(f"the card names no classes: {folder}'s {len(found)} sorted class folders are taken "
+                   f"as classes 0..{len(found) - 1} ({shown}); export with --classes to name them")
+    return mapping
 
 
 def representative_images(folder: str | os.PathLike) -> list[list[str]]:

@@ -177,19 +177,22 @@ def ordered(names: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Running: export_all
 # ---------------------------------------------------------------------------------------------
-def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list[str] | None = None,
+def export_all(weights: Any, out: str | os.PathLike, formats: list[str] | None = None,
                max_batch: int = 64, opset: int = 18, calib_data: str | os.PathLike | None = None,
                calib_images: int = 256, device: str = "cpu", force: bool = False,
                show: bool = True, arch: str | None = None,
-               classes: str | os.PathLike | None = None) -> Manifest:
-    """Export `weights` into `out` as `formats` (default 'all'); returns the written manifest.
-    Every artifact passes its smoke check before it is listed: a failed check raises CheckFailed
-    and leaves `out` as it was. `arch` names the architecture of a bare state dict whose own
-    cannot be detected (model.load_weights); `classes` a names file or ImageFolder that names its
-    classes (data.read_class_names)."""
+               classes: str | os.PathLike | None = None, card: ModelCard | dict | None = None,
+               image_size: int | None = None) -> Manifest:
+    """Export `weights` (a weights path, 'torchvision', or an nn.Module object) into `out` as
+    `formats` (default 'all'); returns the written manifest. Every artifact passes its smoke check
+    before it is listed: a failed check raises CheckFailed and leaves `out` as it was.
+    `arch` names the architecture of a bare state dict whose own cannot be detected
+    (models.load_weights); `classes` a names file or ImageFolder that names its classes
+    (data.read_class_names); `card` fields (a ModelCard or manifest.json's `card` form) replace
+    the weights' own; `image_size` the input side of a card that does not fix it."""
     from alexnet_deploy.calibration import resolve_calib_data
     from alexnet_deploy.manifest import MAX_BATCH
-    from alexnet_deploy.model import check_input_size, load_weights
+    from alexnet_deploy.models import check_input_size
 
     if not 1 <= max_batch <= MAX_BATCH:
         raise UserError(f"--max-batch must be between 1 and {MAX_BATCH}, got {max_batch}")
@@ -203,19 +206,20 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
     # Where the result goes is checked before anything is loaded or built.
     check_output_dir(out, staged=True)
     check_not_cwd(out)
-    model, card = load_weights(weights, device=device, arch=arch)
+    model, card = _model_and_card(weights, device, arch, card, image_size)
     check_input_size(card.arch, card.input.crop)
     if classes is not None:
         card = _named(card, classes)
+    path = weights if isinstance(weights, (str, os.PathLike)) else None
     with output_lock(out):  # held through the final rename: one writer per --out
         remove_stale_staging(out)
-        check_out(out, force, weights, calib_data, classes, *_card_data(card))
+        check_out(out, force, path, calib_data, classes, *_card_data(card))
         needs_calib = any(EXPORTERS[n].needs_calibration for n in order)
         calib = resolve_calib_data(card, calib_data) if needs_calib else None
         with staging(out) as stage:
             ctx = ExportContext(model=model, card=card, out=stage, max_batch=max_batch, opset=opset,
                                 device=device, calib_data=calib, calib_images=calib_images)
-            manifest = _export_into(ctx, weights, order, skipped)
+            manifest = _export_into(ctx, path if path is not None else card.source, order, skipped)
             manifest.write(stage)  # once, last: the manifest only ever lists finished, checked files
     manifest.root = out
     if show:
@@ -223,6 +227,37 @@ def export_all(weights: str | os.PathLike, out: str | os.PathLike, formats: list
 
         print_summary(manifest, out)
     return manifest
+
+
+def _model_and_card(weights: Any, device: str, arch: str | None, card: ModelCard | dict | None,
+                    image_size: int | None) -> tuple[Any, ModelCard]:
+    from alexnet_deploy.models import from_module, load_weights
+
+    if isinstance(weights, (str, os.PathLike)):
+        model, own = load_weights(weights, device=device, arch=arch)
+        if card is not None:
+            given = card.to_dict() if isinstance(card, ModelCard) else dict(card)
+            own = ModelCard.from_dict({**own.to_dict(), **given}, what="card")
+    elif arch is not None:
+        raise UserError("arch= applies to a weights path; a module's card names its arch (card={'arch': ...})")
+    else:
+        model, own = from_module(weights, card)
+        model = model.to(device)
+    if image_size is not None:
+        own = _resized(own, image_size)
+    return model, own
+
+
+def _resized(card: ModelCard, size: int) -> ModelCard:
+    """The card with input side `size`, resizing in the card's own ratio (Inception's 342/299)."""
+    from alexnet_deploy.card import MAX_IMAGE_SIDE
+
+    if not 16 <= size <= MAX_IMAGE_SIDE:
+        raise UserError(f"--image-size must be between 16 and {MAX_IMAGE_SIDE}, got {size}")
+    inp = card.input.to_dict()
+    resize = max(size, int(round(size * inp["resize"] / inp["crop"])))
+    inp.update(shape=[3, size, size], crop=size, resize=resize)
+    return ModelCard.from_dict({**card.to_dict(), "input": inp}, what="--image-size")
 
 
 def _check_device(device: str) -> None:
@@ -255,7 +290,7 @@ def _card_data(card: ModelCard) -> list[str]:
 def _export_into(ctx: ExportContext, weights: Any, order: list[str], skipped: list[Skipped]) -> Manifest:
     from alexnet_deploy.checks import Eager, post_export_check
     from alexnet_deploy.machine import library_versions
-    from alexnet_deploy.model import save_weights
+    from alexnet_deploy.models import save_weights
 
     copy = ctx.out / WEIGHTS_FILE
     save_weights(ctx.model, ctx.card, copy)

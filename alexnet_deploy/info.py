@@ -77,7 +77,7 @@ def describe_safetensors(path: Path) -> dict[str, Any]:
 
 
 def describe_pth(path: Path) -> dict[str, Any]:
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.models import load_weights
 
     model, card = load_weights(path)  # torch.load(weights_only=True) inside
     return {"kind": "weights", "path": str(path), "format": "pth state dict",

@@ -273,6 +273,9 @@ class Manifest(Contract):
             d.pop("recommended", None)
         return d
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
     def write(self, root: str | os.PathLike) -> Path:
         from alexnet_deploy.files import write_json
 

@@ -127,7 +127,7 @@ def bare_weights(path: Path, backend: str | None = None) -> Target:
     """A weights file outside any export: the runner that runs weights, built from the file and
     the card it carries. The file has no manifest to check a hash against."""
     from alexnet_deploy.manifest import contained
-    from alexnet_deploy.model import read_card
+    from alexnet_deploy.models import read_card
 
     # the user named this file: where a symlink leads is their choice, but it must be a regular file
     real = Path(os.path.realpath(path))

@@ -35,7 +35,7 @@ def run_preprocess(images: list[str | os.PathLike], card: str | os.PathLike,
     # torch and torchvision load only now, so the checks above answer at once.
     from alexnet_deploy.data import preprocess_files
     from alexnet_deploy.files import atomic_path
-    from alexnet_deploy.model import read_card
+    from alexnet_deploy.models import read_card
 
     model_card = read_card(card_path)
     batch = np.ascontiguousarray(preprocess_files(list(images), model_card), dtype=np.float32)

@@ -41,7 +41,7 @@ from alexnet_deploy.files import (
     remove_stale_temp_files,
     write_text,
 )
-from alexnet_deploy.model import (
+from alexnet_deploy.models import (
     INITS,
     MODELS,
     InputSpec,
@@ -51,6 +51,7 @@ from alexnet_deploy.model import (
     load_weights,
     save_weights,
 )
+from alexnet_deploy.models.user import definition_of, is_user, output_width
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
         card = ModelCard(arch=cfg.arch, num_classes=num_classes, classes=splits.classes,
                          input=InputSpec.for_size(cfg.image_size),
                          data={"root": str(Path(cfg.data).resolve()), "val": str(splits.val_dir.resolve())},
-                         training=asdict(cfg), metrics=metrics)
+                         training=asdict(cfg), metrics=metrics, model_def=definition_of(cfg.arch))
         save_weights(raw_model, card, weights_path)
         write_metrics(run / METRICS, history)
         plot_curves(run / CURVES, history)
@@ -260,6 +261,19 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
 # ---------------------------------------------------------------------------------------------
 # One epoch of training, one pass of evaluation
 # ---------------------------------------------------------------------------------------------
+AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's (Szegedy et al. 2015) weight for each auxiliary classifier
+
+
+def training_loss(criterion, output, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of a training-mode output. GoogLeNet and Inception v3 return their main logits
+    with auxiliary classifiers' (a named tuple); those add AUX_LOSS_WEIGHT each, as in the papers.
+    In eval mode (export, validate) they return the main logits alone."""
+    if isinstance(output, torch.Tensor):
+        return criterion(output, targets)
+    main, *aux = [o for o in output if isinstance(o, torch.Tensor)]
+    return criterion(main, targets) + sum(AUX_LOSS_WEIGHT * criterion(a, targets) for a in aux)
+
+
 def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, device, amp_dtype, env,
                     log, title) -> dict[str, float]:
     model.train()
@@ -270,7 +284,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, devi
         for images, targets in batches(loader):
             images, targets = to_device(images, targets, device)
             with autocast(device, amp_dtype):
-                loss = criterion(model(images), targets)
+                loss = training_loss(criterion, model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -452,7 +466,11 @@ class ShardSampler(Sampler[int]):
 # ---------------------------------------------------------------------------------------------
 def make_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.weights is None:
-        return build_model(cfg.arch, num_classes, dropout=cfg.dropout, init=cfg.init)
+        model = build_model(cfg.arch, num_classes, dropout=cfg.dropout, init=cfg.init)
+        if is_user(cfg.arch) and (width := output_width(model, cfg.image_size, cfg.arch)) != num_classes:
+            raise UserError(f"your module {cfg.arch} outputs {width} classes, the data has {num_classes}: "
+                            f"build it with that many (e.g. --model-arg num_classes={num_classes})")
+        return model
     model, card = load_weights(cfg.weights, num_classes=num_classes)
     if card.arch != cfg.arch:
         raise UserError(f"--weights {cfg.weights} holds {card.arch!r} but --arch is {cfg.arch!r}; "
@@ -591,7 +609,7 @@ def state_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d batch-norm counters
     return h.hexdigest()
 
 

@@ -128,7 +128,7 @@ def fresh_export(out: Path, max_batch: int) -> Path:
     import torch
 
     from alexnet_deploy.exporters import export_all
-    from alexnet_deploy.model import ModelCard, build_model, save_weights
+    from alexnet_deploy.models import ModelCard, build_model, save_weights
 
     torch.manual_seed(0)
     weights = save_weights(build_model("alexnet", 10), ModelCard(num_classes=10), out / "weights.safetensors")

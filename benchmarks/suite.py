@@ -52,7 +52,7 @@ def demo_weights(work: Path, image_size: int) -> Path:
     import torch
 
     from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
-    from alexnet_deploy.model import InputSpec, ModelCard, build_model, save_weights
+    from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
 
     data = make_demo(work / "data", classes=10, per_class=16, size=image_size + 32, seed=0)
     try:

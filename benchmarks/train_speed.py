@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from alexnet_deploy.machine import cpu_flags, cpu_has_bf16, library_versions
-from alexnet_deploy.model import build_model
+from alexnet_deploy.models import build_model
 from alexnet_deploy.report import markdown_table, write_report
 from alexnet_deploy.training import TrainConfig, make_optimizer
 

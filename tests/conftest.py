@@ -20,7 +20,7 @@ import torch
 from helpers import REPO, TEST_IMAGE_SIZE, Result, assert_user_error, cli, cli_subprocess  # noqa: F401
 
 from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
-from alexnet_deploy.model import InputSpec, ModelCard, build_model, save_weights
+from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
 
 # REPO, TEST_IMAGE_SIZE, assert_user_error and run_cli stay importable from here for the modules
 # that do so today; helpers.py is where they live (conftest holds fixtures).

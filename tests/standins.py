@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from alexnet_deploy.exporters import ExportContext
 from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact
-from alexnet_deploy.model import InputSpec, ModelCard
+from alexnet_deploy.models import InputSpec, ModelCard
 
 CARD = ModelCard(num_classes=10, input=InputSpec.for_size(TEST_IMAGE_SIZE))
 GPU = {"name": "Stand-in GPU", "compute_capability": "9.0", "cuda": "12.8"}

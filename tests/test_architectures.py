@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line, cli
 
 from alexnet_deploy.exporters import EXPORTERS, ExportContext
 from alexnet_deploy.manifest import Manifest
-from alexnet_deploy.model import InputSpec, ModelCard, build_model, load_weights, save_weights
+from alexnet_deploy.models import InputSpec, ModelCard, build_model, load_weights, save_weights
 from alexnet_deploy.runtimes import runners_for
 from alexnet_deploy.tolerances import limits_for
 
@@ -103,3 +104,38 @@ def test_fine_tuning_a_torchvision_model_replaces_only_its_head(tmp_path):
     ours, card = load_weights(tmp_path / "r18.pth", num_classes=3)
     assert ours.fc.out_features == 3 and card.num_classes == 3
     torch.testing.assert_close(ours.layer4[1].conv2.weight, theirs.layer4[1].conv2.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch, size, why", [
+    ("vit_b_16", 64, "Wrong image height! Expected 224 but got 64"),  # a fixed patch grid
+    ("inception_v3", 64, "Kernel size can't be greater than actual input size"),  # too small for its strides
+])
+def test_an_input_size_an_architecture_cannot_run_is_refused_before_training(arch, size, why, demo_data, tmp_path):
+    r = cli("train", "--data", demo_data, "--out", tmp_path / "run", "--arch", arch, "--image-size", size)
+    assert r.code == 2
+    assert_one_line(r.err, f"{arch} does not take {size} px inputs", why, "--image-size")
+    assert not (tmp_path / "run" / "weights.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_googlenet_trains_with_its_auxiliary_classifiers_and_exports_its_main_logits(demo_data, tmp_path):
+    """In training mode GoogLeNet returns main and auxiliary logits (a named tuple): each auxiliary
+    loss adds 0.3 of itself; the exported model (eval mode) returns the main logits only."""
+    from alexnet_deploy.training import AUX_LOSS_WEIGHT, training_loss
+
+    model = build_model("googlenet", 10).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 7])
+    out = model(x)
+    ce = torch.nn.functional.cross_entropy
+    assert len(out) == 3 and isinstance(out.logits, torch.Tensor)
+    expected = ce(out.logits, y) + AUX_LOSS_WEIGHT * (ce(out.aux_logits1, y) + ce(out.aux_logits2, y))
+    torch.testing.assert_close(training_loss(ce, out, y), expected)
+
+    run, out_dir = tmp_path / "run", tmp_path / "E"
+    r = cli("train", "--data", demo_data, "--out", run, "--arch", "googlenet", "--image-size", 64,
+            "--epochs", 1, "--batch-size", 16, "--workers", 0)
+    assert r.code == 0, r.err[-2000:]
+    r = cli("export", run / "weights.safetensors", "--out", out_dir, "--formats", "torchscript", "--max-batch", 2)
+    assert r.code == 0, r.err[-2000:]
+    scripted = torch.jit.load(str(out_dir / "googlenet.torchscript.pt"))
+    assert tuple(scripted(torch.randn(2, 3, 64, 64)).shape) == (2, 10)

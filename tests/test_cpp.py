@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO, assert_user_error, cli
 
 from alexnet_deploy.data import preprocess_files
-from alexnet_deploy.model import read_card
+from alexnet_deploy.models import read_card
 from alexnet_deploy.tolerances import limits_for
 
 CPP_DIR = REPO / "export" / "cpp"
@@ -133,7 +133,7 @@ def reference_logits(cpp_export, cpp_batch) -> np.ndarray:
     import torch
 
     from alexnet_deploy.manifest import Manifest
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.models import load_weights
 
     manifest = Manifest.read(cpp_export)
     model, _ = load_weights(manifest.path_of(manifest.weights_artifact()))

@@ -34,7 +34,7 @@ from alexnet_deploy.data import (
     training_splits,
 )
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.model import InputSpec, ModelCard
+from alexnet_deploy.models import InputSpec, ModelCard
 
 CARD = ModelCard(arch="alexnet", num_classes=3, classes=["circle", "square", "triangle"],
                  input=InputSpec.for_size(64))

@@ -22,7 +22,7 @@ from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import EXPORTERS, ordered, plan_formats
 from alexnet_deploy.files import sha256_file
 from alexnet_deploy.manifest import Manifest, verify_integrity
-from alexnet_deploy.model import ModelCard, load_weights
+from alexnet_deploy.models import ModelCard, load_weights
 
 CPU_ARTIFACTS = {("torchscript", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
                  ("torch-export", "fp32"), ("aoti", "fp32"), ("openvino", "fp32")}

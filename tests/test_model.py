@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from alexnet_deploy.errors import UserError
-from alexnet_deploy.model import MODELS, build_model, load_weights, read_card, save_weights
+from alexnet_deploy.models import MODELS, build_model, load_weights, read_card, save_weights
 
 
 @pytest.mark.parametrize("num_classes", [10, 1000])
@@ -54,7 +54,8 @@ def test_registry_lists_the_alexnets_torchvision_first():
 def test_train_choices_are_the_registries(monkeypatch):
     """--arch, --init and --optimizer accept exactly what the library registers, read when parsed:
     a model registered by a user's plugin is a CLI choice without editing the CLI."""
-    from alexnet_deploy import model, training
+    from alexnet_deploy import models as model
+    from alexnet_deploy import training
     from alexnet_deploy.cli import cli
 
     train = cli.commands["train"]

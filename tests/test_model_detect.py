@@ -10,7 +10,7 @@ import torch
 from helpers import assert_one_line, cli
 from torch import nn
 
-from alexnet_deploy.model import build_model
+from alexnet_deploy.models import build_model
 
 
 class TutorialAlexNet(nn.Module):

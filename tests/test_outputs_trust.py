@@ -20,7 +20,7 @@ import pytest
 import torch
 from helpers import assert_one_line, run_main
 
-from alexnet_deploy.model import InputSpec, ModelCard, build_model, save_weights
+from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
 
 
 def files_under(root: Path) -> list[str]:

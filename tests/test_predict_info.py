@@ -14,7 +14,7 @@ from alexnet_deploy.data import preprocess_files
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.info import describe
 from alexnet_deploy.manifest import Manifest
-from alexnet_deploy.model import build_model, load_weights
+from alexnet_deploy.models import build_model, load_weights
 from alexnet_deploy.predict import run_predict
 from alexnet_deploy.runtimes import runners_for
 
@@ -71,7 +71,7 @@ def test_bare_weights_become_a_runner_from_the_file_and_its_card(random_weights)
     """No manifest is made up for a weights file outside an export: the runner is built from the
     file and the card it carries, and there is no listed hash to check it against."""
     from alexnet_deploy.backends.torch.runner import TorchEagerRunner
-    from alexnet_deploy.model import read_card
+    from alexnet_deploy.models import read_card
     from alexnet_deploy.predict import resolve_target
 
     target = resolve_target(random_weights)

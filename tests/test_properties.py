@@ -147,7 +147,7 @@ def _card_types():
     try:
         from alexnet_deploy.card import ModelCard
     except ImportError:
-        from alexnet_deploy.model import ModelCard
+        from alexnet_deploy.models import ModelCard
     return ModelCard
 
 
@@ -188,7 +188,7 @@ def test_card_in_a_tiny_safetensors_file(tmp_path_factory, card):
     import torch
     from safetensors.torch import save_file
 
-    from alexnet_deploy.model import read_card
+    from alexnet_deploy.models import read_card
 
     p = tmp_path_factory.mktemp("st") / "tiny.safetensors"
     save_file({"w": torch.zeros(2)}, str(p), metadata={"card": card, "format": "pt"})
@@ -199,7 +199,7 @@ def test_card_in_a_tiny_safetensors_file(tmp_path_factory, card):
 @SETTINGS
 @given(header=st.binary(max_size=64), length=st.integers(0, 1 << 64 - 1))
 def test_safetensors_header_bytes(tmp_path_factory, header, length):
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.models import load_weights
 
     p = tmp_path_factory.mktemp("st") / "h.safetensors"
     p.write_bytes(struct.pack("<Q", length % (1 << 64)) + header)

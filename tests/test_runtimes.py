@@ -18,7 +18,7 @@ from alexnet_deploy.backends.torch.runner import CudaMixin, TorchEagerRunner, To
 from alexnet_deploy.backends.torch.util import TorchGlobals
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.manifest import BatchRange, Manifest
-from alexnet_deploy.model import InputSpec, ModelCard, read_card
+from alexnet_deploy.models import InputSpec, ModelCard, read_card
 from alexnet_deploy.runtimes import RUNNERS, Runner, get_runner, runners_for
 from alexnet_deploy.tolerances import limits_for
 
@@ -121,7 +121,7 @@ def test_listing_runners_imports_no_heavy_runtime():
 
 # -- built from what it runs -------------------------------------------------------------------
 def test_a_runner_needs_a_file_and_a_card_not_a_manifest(random_weights):
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.models import load_weights
 
     model, card = load_weights(random_weights)
     x = np.random.default_rng(1).standard_normal((2, *card.input.shape)).astype(np.float32)

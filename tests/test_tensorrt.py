@@ -21,7 +21,7 @@ from alexnet_deploy.backends.tensorrt.util import Sidecar, tensorrt_unavailable_
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.exporters import ExportContext
 from alexnet_deploy.manifest import Artifact, Manifest, hash_artifact, verify_integrity
-from alexnet_deploy.model import InputSpec, ModelCard
+from alexnet_deploy.models import InputSpec, ModelCard
 
 
 @pytest.fixture
@@ -295,7 +295,7 @@ def test_real_engine_matches_eager(random_weights, tmp_path):
     reason = tensorrt_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from alexnet_deploy.model import load_weights
+    from alexnet_deploy.models import load_weights
     from alexnet_deploy.tolerances import limits_for
 
     model, card = load_weights(random_weights)

@@ -17,7 +17,7 @@ import torchvision
 from conftest import REPO, TEST_IMAGE_SIZE, assert_user_error, run_cli
 from safetensors.torch import load_file
 
-from alexnet_deploy.model import build_model, load_weights, read_card
+from alexnet_deploy.models import build_model, load_weights, read_card
 from alexnet_deploy.training import (
     CHECKPOINT,
     DEMO_RECIPE,

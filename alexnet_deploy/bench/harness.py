@@ -110,6 +110,11 @@ class BenchmarkReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2)
+
 
 # ---------------------------------------------------------------------------------------------
 # What to run

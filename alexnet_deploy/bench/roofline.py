@@ -65,10 +65,11 @@ def model_cost(arch: str, num_classes: int, image_size: int) -> ModelCost:
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
-    from alexnet_deploy.model import build_model
+    from alexnet_deploy.models import build_model
 
     with torch.device("meta"):
-        model = build_model(arch, num_classes).eval()
+        # .to: a user's module object given to the Python API is copied, on the device it was on
+        model = build_model(arch, num_classes).to("meta").eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.empty(1, 3, image_size, image_size, device="meta"))

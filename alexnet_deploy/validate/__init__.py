@@ -14,6 +14,9 @@ with the card's preprocessing, then seeded random tensors), fed in a cycle of ba
 `validate()` is the library entry point (pipeline and notebooks); `run_validate()` is the CLI's.
 """
 
+import sys
+import types
+
 from alexnet_deploy.checks import split_batches
 from alexnet_deploy.validate.render import print_list, print_report, summarise, to_markdown
 from alexnet_deploy.validate.results import FAIL, OK, SKIPPED, Inputs, ValidationReport, ValidationResult
@@ -32,3 +35,17 @@ __all__ = ["FAIL", "OK", "SKIPPED", "Inputs", "ValidationReport", "ValidationRes
            "check_input_size", "list_runners", "make_inputs", "print_list", "print_report",
            "reference_logits", "run_validate", "select_choices", "split_batches", "summarise",
            "to_markdown", "validate"]
+
+
+class _CallablePackage(types.ModuleType):
+    """`ad.validate(dir, data=...)` calls alexnet_deploy.api.validate. Why: importing this package
+    sets the attribute `alexnet_deploy.validate` to the package, whatever it held before, so the
+    API function of that name can only be the package itself."""
+
+    def __call__(self, *args, **kwargs):
+        from alexnet_deploy.api import validate as api_validate
+
+        return api_validate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

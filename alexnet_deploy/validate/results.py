@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -83,9 +84,13 @@ class ValidationReport:
     results: list[ValidationResult]
     summary: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    labels_by_position: dict[str, str] | None = None  # folder class -> card name (generic card names)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
 
     @property
     def failed(self) -> list[ValidationResult]:
@@ -100,6 +105,7 @@ class Inputs:
     labels: np.ndarray  # for the first `real` rows
     real: int
     source: str | None
+    by_position: dict[str, str] | None = None  # data.LabelledBatch.by_position
 
 
 def json_safe(obj: Any) -> Any:

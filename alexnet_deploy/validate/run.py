@@ -84,7 +84,7 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
         passed=passed, export_dir=str(manifest.root), data=inputs.source, images=inputs.real,
         random_inputs=len(inputs.batch) - inputs.real, seed=seed,
         reference={"backend": "torch eager fp32", "weights": weights.path, "sha256": weights.sha256},
-        results=results, versions=library_versions())
+        results=results, versions=library_versions(), labels_by_position=inputs.by_position)
     report.summary = summarise(report)
     return report
 
@@ -155,13 +155,14 @@ def make_inputs(manifest: Manifest, data_dir, images: int, random_inputs: int, n
     shape = tuple(card.input.shape)
     real = np.zeros((0, *shape), np.float32)
     labels = np.zeros(0, np.int64)
+    by_position = None
     if source is not None and images > 0:
         labelled = load_labelled(source, card, limit=images, seed=seed)
-        real, labels = labelled.images, labelled.labels
+        real, labels, by_position = labelled.images, labelled.labels, labelled.by_position
     n_random = max(random_inputs, needed - len(real))
     noise = np.random.default_rng(seed).standard_normal((n_random, *shape), dtype=np.float32)
     return Inputs(np.concatenate([real, noise]), labels, len(real),
-                  str(source) if len(real) else None)
+                  str(source) if len(real) else None, by_position)
 
 
 def reference_logits(manifest: Manifest, batch: np.ndarray) -> np.ndarray:

@@ -35,11 +35,11 @@ from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import ExportContext, Exporter
 from alexnet_deploy.files import atomic_path
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.model import ModelCard
+from alexnet_deploy.models import ModelCard
 
 INPUT, OUTPUT = "images", "logits"
 MIN_OPSET = 18  # the dynamo exporter's floor; lower requests fall back to 18 silently
-FILES = {"fp32": "alexnet.onnx", "fp16": "alexnet.fp16.onnx", "int8": "alexnet.int8.onnx"}
+SUFFIXES = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx"}  # after card.file_stem
 
 
 def card_metadata(card: ModelCard, precision: str) -> dict[str, str]:
@@ -92,7 +92,7 @@ class OnnxExporter(Exporter):
     def _export_torch(self, ctx: ExportContext, model: nn.Module, precision: str) -> Artifact:
         started = time.perf_counter()
         proto = dynamo_export(model, ctx)
-        final = ctx.out / FILES[precision]
+        final = ctx.out / (ctx.card.file_stem + SUFFIXES[precision])
         publish(proto, final, ctx.card, precision)
         return ctx.artifact(final, self.name, precision, started, input_name=INPUT, output_name=OUTPUT,
                             extra={"opset": ctx.opset, "io_dtype": "float32",
@@ -238,7 +238,7 @@ def quantize_int8(ctx: ExportContext, fp32_path: Path) -> Artifact:
 
     started = time.perf_counter()
     data = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images)
-    final = ctx.out / FILES["int8"]
+    final = ctx.out / (ctx.card.file_stem + SUFFIXES["int8"])
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=ctx.out) as work:
         quant = Path(work) / "quant.onnx"
         quantize_static_int8(fp32_path, quant, data.calib, batch=min(16, ctx.max_batch))

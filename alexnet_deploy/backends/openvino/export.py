@@ -41,7 +41,7 @@ class OpenVinoExporter(Exporter):
         if source is None:
             raise UserError("openvino converts the fp32 ONNX, which this run did not produce")
         model = ov.convert_model(str(ctx.out / source.path))
-        fp32 = save_ir(ctx, model, "alexnet", "fp32", started, {"source": source.path})
+        fp32 = save_ir(ctx, model, ctx.card.file_stem, "fp32", started, {"source": source.path})
         # made beside the int8 ONNX, from the same calibration images, or not at all
         if ctx.find("onnx", "int8") is None or importlib.util.find_spec("nncf") is None:
             return [fp32]
@@ -84,7 +84,7 @@ def quantize_nncf(ctx: ExportContext, model, fp32_xml) -> Artifact:
     data = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images)
     samples = [data.calib[i:i + 1] for i in range(len(data.calib))]
     quantized = nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples))
-    art = save_ir(ctx, quantized, "alexnet.int8", "int8", started, {})
+    art = save_ir(ctx, quantized, f"{ctx.card.file_stem}.int8", "int8", started, {})
     core = ov.Core()
 
     def top1(path) -> np.ndarray:

@@ -205,7 +205,7 @@ class TensorRTExporter(Exporter):
 
     def _build(self, trt: Any, ctx: ExportContext, s: BuildSettings, gpu: dict) -> Artifact:
         started = time.perf_counter()
-        engine = ctx.out / SUBDIR / f"alexnet_{s.precision}.engine"
+        engine = ctx.out / SUBDIR / f"{ctx.card.file_stem}_{s.precision}.engine"
         io = build_engine(trt, ctx.out, s, engine)
         sidecar = engine.with_name(engine.name + ".json")
         Sidecar(engine=engine.name, tensorrt_version=str(trt.__version__), gpu=gpu, settings=asdict(s),

@@ -31,7 +31,7 @@ class TorchScriptExporter(Exporter):
         import torch
 
         started = time.perf_counter()
-        final = ctx.out / "alexnet.torchscript.pt"
+        final = ctx.out / f"{ctx.card.file_stem}.torchscript.pt"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice on every call
             # LRN's empty-input guard is a Python branch: traced as a constant, which is right here
@@ -62,7 +62,7 @@ class TorchExportExporter(Exporter):
         import torch
 
         started = time.perf_counter()
-        final = ctx.out / "alexnet.torch-export.pt2"
+        final = ctx.out / f"{ctx.card.file_stem}.torch-export.pt2"
         program = exported_program(ctx)
         with atomic_path(final) as tmp:
             torch.export.save(program, str(tmp), extra_files={CARD_FILE: ctx.card.to_json()})
@@ -85,7 +85,7 @@ class AotiExporter(Exporter):
         from torch._inductor import aoti_compile_and_package
 
         started = time.perf_counter()
-        final = ctx.out / f"alexnet.aoti-{ctx.device}.pt2"
+        final = ctx.out / f"{ctx.card.file_stem}.aoti-{ctx.device}.pt2"
         program = exported_program(ctx)
         # The card travels as package metadata: AOTIModelPackageLoader::get_metadata() in C++.
         configs = {"aot_inductor.metadata": {"card": ctx.card.to_json()}}

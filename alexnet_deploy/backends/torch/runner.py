@@ -90,7 +90,7 @@ class TorchEagerRunner(TorchRunner):
     formats = ("weights",)
 
     def load(self, path: str) -> Any:
-        from alexnet_deploy.model import load_weights
+        from alexnet_deploy.models import load_weights
 
         model, own = load_weights(path, device=self.device)
         self.check_declared_input([None, *own.input.shape])  # the card the weights file carries

@@ -93,8 +93,8 @@ def triton_unavailable_reason() -> str | None:
     return None
 
 
-def model_name(card_arch: str, art: Artifact) -> str:
-    return f"{card_arch}_{art.format}_{art.precision}".replace("-", "_")
+def model_name(stem: str, art: Artifact) -> str:
+    return f"{stem}_{art.format}_{art.precision}".replace("-", "_")
 
 
 def build_config(name: str, art: Artifact, backend: Backend, inp: TensorSpec, out: TensorSpec) -> Any:
@@ -155,7 +155,7 @@ class TritonExporter(Exporter):
 
         started = time.perf_counter()
         backend = BACKENDS[art.format]
-        name = model_name(ctx.card.arch, art)
+        name = model_name(ctx.card.file_stem, art)
         inp, out = backend.signature(ctx, art)
         text = text_format.MessageToString(build_config(name, art, backend, inp, out))
         parse_config(text)  # the schema check happens before anything is published

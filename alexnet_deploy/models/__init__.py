@@ -1,4 +1,6 @@
-"""AlexNet (torchvision-compatible), the 2012 paper variant, the model card and weights I/O.
+"""The architectures: AlexNet (torchvision-compatible), the 2012 paper variant, the tutorial
+variant, torchvision's classifiers by name and a user's own module (models.user); weights I/O and
+which architecture a bare state dict is.
 
 The registry below is the single source of architecture names: the CLI's choices, export,
 validate and the tests' parametrisation all read `MODELS`.
@@ -24,6 +26,7 @@ TORCHVISION_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 # Registry
 # ---------------------------------------------------------------------------------------------
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+USER_PREFIX = "user:"  # a user's own module, registered at run time by models.user
 
 
 def register_model(name: str):
@@ -37,6 +40,10 @@ def register_model(name: str):
 
 
 def build_model(arch: str, num_classes: int = 1000, dropout: float = 0.5, init: str = "arch") -> nn.Module:
+    if arch.startswith(USER_PREFIX) and arch not in MODELS:
+        from alexnet_deploy.models.user import check_definition
+
+        check_definition(arch, None, f"architecture {arch}")
     if arch not in MODELS:
         raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(MODELS)}")
     if num_classes < 1:
@@ -191,6 +198,25 @@ def check_input_size(arch: str, size: int) -> None:
     if fixed is not None and size != fixed:
         raise UserError(f"{arch} takes {fixed} px inputs only (it has no adaptive pooling), got {size} px: "
                         f"pass --image-size {fixed}")
+    if is_torchvision(arch) and (why := _refuses_size(arch, size)) is not None:
+        raise UserError(f"{arch} does not take {size} px inputs ({why}): pass --image-size "
+                        f"{default_input(arch).crop}, its own")
+
+
+@functools.lru_cache(maxsize=256)
+def _refuses_size(arch: str, size: int) -> str | None:
+    """Why `arch` cannot run one `size` px image (ViT's fixed patch grid, MaxViT's window
+    multiples, too small for the strides), found by running it on the meta device: no memory, no
+    compute; None when it runs."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MODELS[arch](num_classes=2).eval()(torch.empty(1, 3, size, size))
+    except NotImplementedError:
+        return None  # an operator without a meta kernel: the export's own checks will tell
+    except Exception as e:  # noqa: BLE001 - the architecture's own complaint, shown in one line
+        return first_line(e)[:160]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,9 +232,11 @@ def kaiming_init(model: nn.Module) -> None:
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for m in layers[:-1]:
         nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.zeros_(m.bias)
+        if m.bias is not None:  # ResNets' convolutions have none (batch norm follows)
+            nn.init.zeros_(m.bias)
     nn.init.normal_(layers[-1].weight, std=0.01)
-    nn.init.zeros_(layers[-1].bias)
+    if layers[-1].bias is not None:
+        nn.init.zeros_(layers[-1].bias)
 
 
 INITS: dict[str, Callable[[nn.Module], None] | None] = {
@@ -283,6 +311,11 @@ def default_input(arch: str) -> InputSpec:
 # ---------------------------------------------------------------------------------------------
 # Which architecture a state dict is
 # ---------------------------------------------------------------------------------------------
+def forget_shapes() -> None:
+    """A user's definition registered again under its name may build other tensors."""
+    _shapes.cache_clear()
+
+
 @functools.lru_cache(maxsize=512)
 def _shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]] | None:
     """Every tensor name and shape of `arch` with `num_classes` outputs; None for an architecture
@@ -329,13 +362,14 @@ def first_mismatch(arch: str, state: dict[str, torch.Tensor], num_classes: int) 
     return f"{extra[0]} is not a tensor of {arch}" if extra else None
 
 
-def detect_arch(state: dict[str, torch.Tensor], source: str) -> tuple[str, int]:
+def detect_arch(state: dict[str, torch.Tensor], source: str, torchvision: bool = True) -> tuple[str, int]:
     """The one registered architecture whose every tensor name and shape `state` matches, and its
     num_classes; anything else is one line listing what was tried and how to choose. The
     AlexNets are tried first; torchvision's architectures only when none of them fits (building
     all of those, even on the meta device, takes seconds)."""
-    ours = [a for a in MODELS if not is_torchvision(a)]
-    for group in (ours, [a for a in MODELS if is_torchvision(a)]):
+    ours = [a for a in MODELS if not is_torchvision(a) and not a.startswith(USER_PREFIX)]
+    groups = (ours, [a for a in MODELS if is_torchvision(a)]) if torchvision else (ours,)
+    for group in groups:
         fits = []
         for arch in group:
             n = _head_width(arch, state)
@@ -404,11 +438,36 @@ def load_weights(spec: str | os.PathLike, num_classes: int | None = None,
             state, card = _read_pth(path, arch)
     if arch is not None and arch != card.arch:
         card.arch = arch
+    if card.arch.startswith(USER_PREFIX):
+        return _load_user(state, card, spec, num_classes, device)
     model = build_model(card.arch, card.num_classes)
     _load_strict(model, state, spec, card.arch, card.num_classes)
     if num_classes is not None and num_classes != card.num_classes:
         model = with_new_head(card.arch, state, num_classes)
         card.num_classes, card.classes = num_classes, [f"class_{i}" for i in range(num_classes)]
+    return model.to(device).eval(), card
+
+
+def _load_user(state: dict[str, torch.Tensor], card: ModelCard, source: str, num_classes: int | None,
+               device: str) -> tuple[nn.Module, ModelCard]:
+    """A user's module: registered by the user (never because a card names it), its tensors fit
+    strictly, its number of classes what it outputs."""
+    from alexnet_deploy.models.user import check_definition, definition_of, output_width
+
+    check_definition(card.arch, card.model_def, source)
+    model = build_model(card.arch)
+    _load_strict(model, state, source, card.arch, card.num_classes)
+    width = output_width(model, card.input.crop, source)
+    if num_classes is not None and num_classes != width:
+        raise UserError(f"your module {card.arch} outputs {width} classes, the data has {num_classes}: "
+                        "build it with that many (e.g. --model-arg num_classes=N)")
+    if width != card.num_classes:
+        if card.model_def is not None:  # a card written with the module: it must still agree
+            raise UserError(f"{source}: the card lists {card.num_classes} classes but your module outputs "
+                            f"{width}: pass the --model-arg values it was exported with")
+        card.num_classes, card.classes = width, []
+        card = ModelCard.from_dict(card.to_dict())
+    card.model_def = definition_of(card.arch)
     return model.to(device).eval(), card
 
 
@@ -425,8 +484,9 @@ def with_new_head(arch: str, state: dict[str, torch.Tensor], num_classes: int) -
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str,
                  num_classes: int) -> None:
     if (mismatch := first_mismatch(arch, state, num_classes)) is not None:
-        raise UserError(f"{source} does not fit the {arch} architecture: {mismatch}; pass the --arch it "
-                        "was trained as, or omit --arch on a bare state dict to detect it") from None
+        hint = ("pass the --model-arg values it was built with" if arch.startswith(USER_PREFIX) else
+                "pass the --arch it was trained as, or omit --arch on a bare state dict to detect it")
+        raise UserError(f"{source} does not fit the {arch} architecture: {mismatch}; {hint}") from None
     model.load_state_dict(state, strict=True)
 
 
@@ -472,11 +532,51 @@ def _card_from_state(state: dict[str, torch.Tensor], source: str, arch: str | No
     """A card for a bare state dict: `arch` (or the detected one), num_classes from its head."""
     if arch is None:
         arch, n = detect_arch(state, source)
+    elif arch.startswith(USER_PREFIX):
+        n = 1  # what the module outputs decides, once built (_load_user)
     elif (n := _head_width(arch, state)) is None:
         raise UserError(f"{source} does not fit the {arch} architecture: "
                         f"{first_mismatch(arch, state, 1000)}; omit --arch to detect it")
     classes = imagenet_classes() if n == 1000 else []
     return ModelCard(arch=arch, num_classes=n, classes=classes, input=default_input(arch), source=source)
+
+
+def from_module(module: nn.Module, card: ModelCard | dict | None = None) -> tuple[nn.Module, ModelCard]:
+    """The Python API's model object and its card (a ModelCard, or a dict in manifest.json's `card`
+    form with any field left out). A registered architecture's tensors (a torchvision ResNet, an
+    AlexNet of any of our three kinds, detected from its state dict) are rebuilt by name, so the
+    export can be validated anywhere; any other module is registered as the user's own (models.user)."""
+    from alexnet_deploy.models.user import output_width, register_module
+
+    if not isinstance(module, nn.Module):
+        raise UserError(f"expected a torch.nn.Module or a weights path, got a {type(module).__name__}")
+    given = card.to_dict() if isinstance(card, ModelCard) else dict(card or {})
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    arch = given.get("arch")
+    if arch is None:
+        from_torchvision = type(module).__module__.startswith("torchvision.")
+        try:
+            arch, _ = detect_arch(state, f"the {type(module).__name__} module", torchvision=from_torchvision)
+        except UserError:
+            arch = register_module(module)
+    if arch not in MODELS:
+        build_model(arch)  # the one line naming the choices (or asking for --model-def)
+    rebuilt = build_model(arch, 1000 if arch.startswith(USER_PREFIX) else _head_width(arch, state) or 1000)
+    _load_strict(rebuilt, state, f"the {type(module).__name__} module", arch, _head_width(arch, state) or 1)
+    inp = given.get("input", default_input(arch).to_dict())
+    crop = InputSpec.checked(inp, "card: input").crop
+    width = output_width(rebuilt, crop, f"the {type(module).__name__} module")
+    if given.get("num_classes", width) != width:
+        raise UserError(f"card: num_classes is {given['num_classes']} but the module outputs {width} classes")
+    defaults = {"arch": arch, "num_classes": width, "input": inp,
+                "classes": imagenet_classes() if width == 1000 and "classes" not in given else [],
+                "source": f"python object {type(module).__qualname__}"}
+    made = ModelCard.from_dict({**defaults, **given}, what="card")
+    if arch.startswith(USER_PREFIX):
+        from alexnet_deploy.models.user import definition_of
+
+        made.model_def = definition_of(arch)
+    return rebuilt.eval(), made
 
 
 def imagenet_classes() -> list[str]:
