@@ -73,7 +73,7 @@ def D(ws) -> Path:
 def _weights(out: Path, data: Path, classes: list[str]) -> Path:
     import torch
 
-    from alexnet_deploy.model import InputSpec, ModelCard, build_model, save_weights
+    from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
 
     torch.manual_seed(0)
     card = ModelCard(arch="alexnet", num_classes=len(classes), classes=classes,
@@ -846,8 +846,11 @@ def _sigrun(args, cwd, wait: Callable, sig, timeout=180):
     is in the state the case needs (a file it writes exists), signal the group at once; returns
     (returncode, stderr)."""
     exe = str(Path(sys.executable).parent / "alexnet-deploy")
+    # SIGINT as a terminal leaves it: a test suite started in the background (`make test &`,
+    # nohup, some CI shells) inherits SIGINT ignored, and so would the CLI under test
     p = subprocess.Popen([exe, *map(str, args)], cwd=cwd, start_new_session=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not wait() and p.poll() is None and time.monotonic() - t0 < timeout:
         time.sleep(0.02)  # polling the condition, not waiting for it to happen
@@ -999,7 +1002,7 @@ def test_cuda_without_gpu_case110(W, tmp_path):
 def test_calib_data_any_folder_case112(random_export_run):
     """--calib-data is only calibration images: other class names, or none, are fine. The
     session's random export calibrated on the demo val images with "square" renamed "sqaure"."""
-    from alexnet_deploy.model import read_card
+    from alexnet_deploy.models import read_card
 
     run = random_export_run
     names = {p.name for p in run.calib_data.iterdir() if p.is_dir()}
