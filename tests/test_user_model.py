@@ -74,14 +74,15 @@ def test_own_module_trains_exports_validates_benchmarks_and_predicts(user_file, 
     r = cli("train", "--data", demo_data, "--out", run, "--model-def", spec, "--model-arg", "width=6",
             "--model-arg", "num_classes=10", "--image-size", 64, "--epochs", 2, "--workers", 0)
     assert r.code == 0, r.err[-2000:]
-    r = cli("export", run / "weights.safetensors", "--out", out, "--formats", "torchscript,torch-export",
+    r = cli("export", run / "weights.safetensors", "--out", out, "--formats", "torchscript,torch-export,openvino",
             "--max-batch", 4, "--model-def", spec, "--model-arg", "width=6", "--model-arg", "num_classes=10")
     assert r.code == 0, r.err[-2000:]
     card = json.loads((out / "manifest.json").read_text())["card"]
     assert card["arch"] == "user:ColourNet" and card["num_classes"] == 10
     assert card["model_def"]["spec"] == spec and card["model_def"]["args"] == {"width": 6, "num_classes": 10}
     assert card["classes"] == sorted(p.name for p in (demo_data / "train").iterdir())
-    assert {p.name for p in out.iterdir()} >= {"colournet.torchscript.pt", "colournet.torch-export.pt2"}
+    assert {p.name for p in out.iterdir()} >= {"colournet.torchscript.pt", "colournet.torch-export.pt2",
+                                              "colournet.onnx", "colournet.int8.onnx", "openvino"}
 
     # A new process knows nothing of the module: it must be asked for, and it names what to pass.
     models.MODELS.pop("user:ColourNet")
@@ -92,10 +93,16 @@ def test_own_module_trains_exports_validates_benchmarks_and_predicts(user_file, 
 
     # --model-def alone: the recorded arguments are used (they are data, not code).
     r = cli("validate", out, "--model-def", spec)
-    assert r.code == 0, r.err[-2000:]
     report = json.loads((out / "validation.json").read_text())
-    ran = {x["backend"] for x in report["results"] if x["status"] == "OK"}
-    assert ran >= {"torch-eager", "torchscript", "torch-export"} and report["images"] > 0
+    assert r.code == (0 if report["passed"] else 1), r.err[-2000:]
+    rows = [x for x in report["results"] if x["status"] != "SKIPPED"]
+    assert {(x["backend"], x["precision"]) for x in rows} >= {
+        ("torch-eager", "fp32"), ("torchscript", "fp32"), ("torch-export", "fp32"), ("onnxruntime-cpu", "fp32"),
+        ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")}
+    # fp32 and fp16 must agree; int8 of a 2-epoch model that has learned little (near-tied logits) is
+    # judged but may miss the agreement limit: what is under test here is the module's path
+    assert all(x["status"] == "OK" for x in rows if x["precision"] != "int8"), rows
+    assert report["images"] > 0
 
     r = cli("benchmark", out, "--model-def", spec, "--batch-sizes", "1,3", "--duration-s", 0.2,
             "--warmup-s", 0.05, "--backends", "torch-eager,torchscript")
@@ -106,7 +113,7 @@ def test_own_module_trains_exports_validates_benchmarks_and_predicts(user_file, 
     assert bench["roofline"]["model_macs"] > 0  # counted from the module itself
 
     image = next((demo_data / "val" / "circle").iterdir())
-    r = cli("predict", out / "colournet.torchscript.pt", image, "--top", 2)
+    r = cli("predict", out / "colournet.onnx", image, "--top", 2)
     assert r.code == 0, r.err[-2000:]
     scripted = torch.jit.load(str(out / "colournet.torchscript.pt"))
     from alexnet_deploy.data import preprocess_files
