@@ -96,9 +96,10 @@ def _model_def_options(f):
     f = click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
                      help="Keyword argument for --model-def's NAME (repeatable; VALUE read as JSON) "
                           "[default: the ones the card records].")(f)
-    return click.option("--model-def", default=None, metavar="FILE.py:NAME|MODULE:NAME",
-                        help="Your own nn.Module class (or a function returning one). This imports and "
-                             "runs that code.")(f)
+    # a short metavar: a long one widens the option column and wraps the runner names in --backends
+    return click.option("--model-def", default=None, metavar="SPEC",
+                        help="Your own nn.Module class or a function returning one, as FILE.py:NAME or "
+                             "package.module:NAME. This imports and runs that code.")(f)
 
 
 def _register_model_def(kwargs: dict, arch_option: str | None = None) -> None:
