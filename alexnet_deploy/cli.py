@@ -373,11 +373,13 @@ def benchmark(export_dir, **kwargs):
 @click.option("--epochs", default=None, type=click.IntRange(min=1))
 @click.option("--formats", default=None, help="Comma-separated export formats [default: all].")
 @click.option("--quick", is_flag=True, help="Tiny sizes everywhere: a smoke run in about a minute.")
-def pipeline(data_dir, out, epochs, formats, quick):
+@click.option("--arch", default=None, type=_RegistryChoice("alexnet_deploy.models:MODELS"),
+              help="Architecture to train [default: the demo recipe's, alexnet].")
+def pipeline(data_dir, out, epochs, formats, quick, arch):
     """data -> train -> export -> validate -> benchmark, resumable, with OUT/report.md."""
     from alexnet_deploy.pipeline import run_pipeline
 
-    run_pipeline(out, data=data_dir, epochs=epochs, formats=_format_names(formats), quick=quick)
+    run_pipeline(out, data=data_dir, epochs=epochs, formats=_format_names(formats), quick=quick, arch=arch)
 
 
 @cli.command()

@@ -56,7 +56,8 @@ def test_tutorial_variant_has_the_tutorial_widths_and_fixed_input():
 
 
 @pytest.mark.slow
-def test_tutorial_state_dict_exports_with_no_arch_and_computes_what_the_users_module_does(tutorial_pth, tmp_path):
+def test_tutorial_state_dict_exports_with_no_arch_and_computes_what_the_users_module_does(tutorial_pth, demo_data,
+                                                                                         tmp_path):
     model, pth = tutorial_pth
     out = tmp_path / "E"
     names = tmp_path / "classes.txt"
@@ -70,6 +71,19 @@ def test_tutorial_state_dict_exports_with_no_arch_and_computes_what_the_users_mo
     x = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), atol=1e-4, rtol=1e-3)
+
+    # and on through the other commands, as the README shows
+    r = cli("validate", out, "--images", 0)
+    assert r.code == 0, r.err[-2000:]
+    r = cli("benchmark", out, "--batch-sizes", "1", "--duration-s", 0.2, "--warmup-s", 0.05,
+            "--backends", "torchscript")
+    assert r.code == 0, r.err[-2000:]
+    assert json.loads((out / "benchmark.json").read_text())["roofline"]["model_input"] == 224
+    image = next((demo_data / "val" / "circle").iterdir())  # 72 px: resized up to the card's 224 crop
+    r = cli("predict", out / "alexnet.torchscript.pt", image, "--top", 1)
+    assert r.code == 0, r.err[-2000:]
+    top1 = r.out.splitlines()[1]
+    assert any(name in top1 for name in card["classes"]), r.out  # class names may hold spaces ("koala bear")
 
 
 def test_a_wrong_arch_names_the_first_tensor_that_differs_and_both_shapes(tutorial_pth, tmp_path):

@@ -125,8 +125,13 @@ def test_resume_reruns_a_step_whose_settings_changed_and_the_steps_that_consume_
     run_pipeline(out, formats=["onnx"], epochs=2, quick=True)
     assert _steps_run(ran) == ["benchmark"]
 
+    # another architecture is a training setting: train and what consumes it rerun
+    run_pipeline(out, formats=["onnx"], epochs=2, quick=True, arch="resnet18")
+    assert _flag(ran, "train", "--arch") == "resnet18"
+    assert _steps_run(ran) == ["train", "export", "validate", "benchmark"]
+
     # the data recipe (--quick off) regenerates the data, and everything after it reruns
-    run_pipeline(out, formats=["onnx"], epochs=2)
+    run_pipeline(out, formats=["onnx"], epochs=2, arch="resnet18")
     assert _steps_run(ran) == ALL
     state = json.loads((out / "pipeline.json").read_text())
     assert state["steps"]["train"]["settings"]["epochs"] == 2

@@ -53,7 +53,9 @@ def _read_manifest(out: Path) -> Manifest | None:
 def _export_summary(manifest: Manifest | None) -> dict[str, Any]:
     if manifest is None:
         return {}
+    card = manifest.card
     return {
+        "model": {"arch": card.arch, "num_classes": card.num_classes, "input": card.input.crop},
         "artifacts": [{"format": str(a.format), "precision": str(a.precision), "device": a.device,
                        "path": a.path, "bytes": a.bytes, "export_s": a.export_s}
                       for a in manifest.artifacts],
@@ -82,6 +84,8 @@ def write_pipeline_report(out: Path, state: dict[str, Any]) -> dict[str, Any]:
 def _markdown(out: Path, r: dict[str, Any]) -> str:
     t = r["train"]
     md = ["# alexnet-deploy pipeline report\n"]
+    if model := r["export"].get("model"):
+        md.append(f"Model: `{model['arch']}`, {model['num_classes']} classes, {model['input']} px input.\n")
     for name, step in r["steps"].items():
         if step.get("findings"):
             md.append(f"> **{name}: {step['findings']}** -- see the validation table below.\n")

@@ -49,6 +49,7 @@ class Settings:
     epochs: int | None = None
     formats: list[str] | None = None
     quick: bool = False
+    arch: str | None = None  # the recipe's (alexnet) when None
 
     def recipe(self) -> dict[str, Any]:
         """Data and training settings from training.DEMO_RECIPE, plus the later steps' sizes."""
@@ -61,6 +62,8 @@ class Settings:
             r["train"].update(epochs=1, batch_size=16)
         if self.epochs is not None:
             r["train"]["epochs"] = self.epochs
+        if self.arch is not None:
+            r["train"]["arch"] = self.arch  # a train setting: another arch reruns train and what follows
         return r
 
 
@@ -222,10 +225,11 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
 # Running
 # ---------------------------------------------------------------------------------------------
 def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | None = None,
-                 formats: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
+                 formats: list[str] | None = None, quick: bool = False,
+                 arch: str | None = None) -> dict[str, Any]:
     """Run (or resume) every step; write OUT/report.md and OUT/report.json."""
     s = Settings(out=Path(out), data=Path(data) if data else None, epochs=epochs, formats=formats,
-                 quick=quick)
+                 quick=quick, arch=arch)
     if s.data is not None and not s.data.is_dir():
         raise UserError(f"data folder not found: {s.data}")
     check_output_dir(s.out)
@@ -233,7 +237,7 @@ def run_pipeline(out: str | Path, data: str | Path | None = None, epochs: int | 
     s.out.mkdir(parents=True, exist_ok=True)
     state = _load_state(s.out)
     state["settings"] = {"data": str(s.data) if s.data else None, "epochs": epochs,
-                         "formats": formats, "quick": quick}
+                         "formats": formats, "quick": quick, "arch": arch}
     for step in STEPS:
         why = why_rerun(step, s, state["steps"])
         if why is None:
