@@ -181,6 +181,12 @@ class InputSpec(Contract):
         # torchvision's eval recipe: resize the short side to crop*256/224, then centre-crop.
         return cls(shape=[3, crop, crop], resize=int(round(crop * 256 / 224)), crop=crop)
 
+    def resized_to(self, crop: int) -> InputSpec:
+        """The same preprocessing at another input side, resizing in this spec's own ratio
+        (Inception's 342 / 299, everyone else's 256 / 224) with its own mean and std."""
+        resize = max(crop, int(round(crop * self.resize / self.crop)))
+        return self.model_copy(update={"shape": [3, crop, crop], "crop": crop, "resize": resize})
+
 
 class ModelDefinition(Contract):
     """A user's own module (`--model-def`): what to import and call to build it again. A card never

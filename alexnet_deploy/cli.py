@@ -179,7 +179,8 @@ def data_demo(out, classes, per_class, size, seed):
               type=_RegistryChoice("alexnet_deploy.training:OPTIMIZER_DEFAULTS"))
 @click.option("--warmup-epochs", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=63))
+@click.option("--image-size", default=None, type=click.IntRange(min=63),
+              help="Input side in pixels [default: the architecture's own: 224, Inception 299].")
 @click.option("--min-crop-scale", default=0.08, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Smallest area fraction RandomResizedCrop keeps (raise it for small objects).")
 @click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),

@@ -254,9 +254,7 @@ def _resized(card: ModelCard, size: int) -> ModelCard:
 
     if not 16 <= size <= MAX_IMAGE_SIDE:
         raise UserError(f"--image-size must be between 16 and {MAX_IMAGE_SIDE}, got {size}")
-    inp = card.input.to_dict()
-    resize = max(size, int(round(size * inp["resize"] / inp["crop"])))
-    inp.update(shape=[3, size, size], crop=size, resize=resize)
+    inp = card.input.resized_to(size).to_dict()
     return ModelCard.from_dict({**card.to_dict(), "input": inp}, what="--image-size")
 
 

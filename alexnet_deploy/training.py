@@ -48,6 +48,7 @@ from alexnet_deploy.models import (
     ModelCard,
     build_model,
     check_input_size,
+    default_input,
     load_weights,
     save_weights,
 )
@@ -94,7 +95,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     warmup_epochs: int = 1
     label_smoothing: float = 0.0
-    image_size: int = 224
+    image_size: int | None = None  # None: the architecture's own (224, Inception 299)
     min_crop_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
     dropout: float = 0.5  # classifier dropout (torchvision's 0.5); lower learns small data sets sooner
     init: str = "kaiming"  # from scratch: model.INITS ("arch" keeps torchvision's / the paper's)
@@ -111,6 +112,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in MODELS:
             raise UserError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(MODELS)}")
+        if self.image_size is None:
+            self.image_size = default_input(self.arch).crop
         check_input_size(self.arch, self.image_size)
         if self.optimizer not in OPTIMIZER_DEFAULTS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of: "
@@ -238,7 +241,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, log: Logger, t_start: float) -> TrainRe
     weights_path = run / WEIGHTS
     if env.is_main:
         card = ModelCard(arch=cfg.arch, num_classes=num_classes, classes=splits.classes,
-                         input=InputSpec.for_size(cfg.image_size),
+                         input=training_input(cfg),
                          data={"root": str(Path(cfg.data).resolve()), "val": str(splits.val_dir.resolve())},
                          training=asdict(cfg), metrics=metrics, model_def=definition_of(cfg.arch))
         save_weights(raw_model, card, weights_path)
@@ -359,6 +362,12 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
+def training_input(cfg: TrainConfig) -> InputSpec:
+    """What the model is trained and evaluated on: the architecture's own preprocessing (ratio,
+    mean, std from torchvision's weights meta) at cfg.image_size."""
+    return default_input(cfg.arch).resized_to(cfg.image_size)
+
+
 @dataclass
 class DataSplits:
     classes: list[str]
@@ -374,7 +383,7 @@ class DataSplits:
     @classmethod
     def load(cls, cfg: TrainConfig, env: DistEnv) -> DataSplits:
         train_dir, val_dir, test_dir = data_lib.training_splits(cfg.data)
-        spec = InputSpec.for_size(cfg.image_size)
+        spec = training_input(cfg)
         train_tf = data_lib.train_transform(cfg.image_size, spec.mean, spec.std, min_scale=cfg.min_crop_scale)
         eval_tf = data_lib.eval_transform(spec.resize, spec.crop, spec.mean, spec.std)
         # In-process loading of a small data set: keep decoded images (decoding dominates otherwise).

@@ -132,3 +132,23 @@ def trained_weights(learned_run) -> Path:
     """The learned run's weights; its run folder beside them holds metrics.jsonl, curves.png and
     checkpoint.pt."""
     return Path(learned_run.weights)
+
+
+@pytest.fixture(scope="session")
+def resnet18_export(tmp_path_factory, demo_data) -> Path:
+    """Not an AlexNet: an untrained torchvision ResNet-18 state dict (10 classes) exported as a user
+    would (`export r.pth --classes TRAIN --image-size 64`) to ONNX, TorchScript and the Triton
+    repository, for the consumers that must read the model instead of assuming AlexNet's shapes
+    (the C++ programs, the Triton configs). Shared: copy before changing anything."""
+    import torchvision
+
+    root = tmp_path_factory.mktemp("resnet18")
+    torch.manual_seed(0)
+    pth = root / "resnet18_finetuned.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), pth)
+    out = root / "E"
+    r = cli("export", pth, "--out", out, "--formats", "torchscript,onnx,triton", "--image-size", 64,
+            "--classes", demo_data / "train", "--max-batch", 4, "--calib-images", 8,
+            "--calib-data", demo_data / "val")
+    assert r.code == 0, r.err[-2000:]
+    return out

@@ -85,6 +85,18 @@ def test_torchvision_input_defaults_come_from_its_weights_meta(tmp_path):
     assert (card.input.crop, card.input.resize, card.input.shape) == (299, 342, [3, 299, 299])
 
 
+@pytest.mark.parametrize("arch, size, expected", [("inception_v3", None, (299, 342)), ("inception_v3", 150, (150, 172)),
+                                                  ("alexnet", None, (224, 256)), ("resnet18", 64, (64, 73))])
+def test_training_takes_the_architectures_own_input_unless_told(arch, size, expected):
+    """train without --image-size trains Inception at 299 (342 resize), not at everyone's 224."""
+    from alexnet_deploy.training import TrainConfig, training_input
+
+    cfg = TrainConfig(data="unused", out="unused", arch=arch, image_size=size)
+    spec = training_input(cfg)
+    assert (cfg.image_size, (spec.crop, spec.resize)) == (expected[0], expected)
+    assert spec.shape == [3, expected[0], expected[0]]
+
+
 @pytest.mark.parametrize("arch, weights", [("alexnet", "AlexNet_Weights"), ("resnet18", "ResNet18_Weights"),
                                            ("mobilenet_v3_small", "MobileNet_V3_Small_Weights")])
 def test_multiply_adds_and_parameters_match_torchvisions_published_figures(arch, weights):

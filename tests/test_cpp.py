@@ -223,3 +223,35 @@ def test_program_refuses_bad_input(cpp_bin, cpp_export, tmp_path, program, fmt):
         assert proc.returncode == code, (args, proc.returncode, proc.stderr)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and needle in errors[0], (args, proc.stderr)
+
+
+@pytest.mark.cpp
+@pytest.mark.slow
+@pytest.mark.parametrize("program, fmt", [("alexnet_infer_torch", "torchscript"),
+                                          ("alexnet_infer_openvino", "onnx")])
+def test_program_runs_a_resnet18_export(cpp_bin, resnet18_export, demo_data, tmp_path, program, fmt):
+    """The programs take the shapes and class names from the artifact and its card: a ResNet-18 with
+    10 classes at 64 px gives eager PyTorch's logits and names its classes."""
+    import torch
+
+    from alexnet_deploy.manifest import Manifest
+    from alexnet_deploy.models import load_weights
+
+    exe = _program(cpp_bin, program)
+    batch = tmp_path / "batch.npy"
+    proc = cli("preprocess", *_demo_images(demo_data, 3), "--card", resnet18_export, "--out", batch)
+    assert proc.returncode == 0, proc.stderr
+    manifest = Manifest.read(resnet18_export)
+    model, card = load_weights(manifest.path_of(manifest.weights_artifact()))
+    assert card.arch == "resnet18" and np.load(batch).shape == (3, 3, 64, 64)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(np.load(batch))).numpy()
+
+    dump = tmp_path / "logits.npy"
+    proc = subprocess.run([str(exe), str(_artifact(resnet18_export, fmt)), str(batch), "--repeat", "1",
+                           "--top", "2", "--dump-logits", str(dump)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lim = limits_for("fp32")
+    np.testing.assert_allclose(np.load(dump), reference, atol=lim.atol, rtol=lim.rtol)
+    named = [line.split()[1] for line in proc.stdout.splitlines() if line.strip().startswith("1. ")]
+    assert len(named) == 3 and set(named) <= set(card.classes), proc.stdout

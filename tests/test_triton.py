@@ -146,3 +146,15 @@ def test_export_all_repository_serves_its_real_artifacts(exported_dir):
     assert {a.format for a in sources} >= {"onnx", "torchscript"}
     _check_repository(exported_dir, sources, models, manifest.card)
     assert bool(manifest.find("tensorrt")) == any(m.extra["platform"] == "tensorrt_plan" for m in models)
+
+
+def test_a_resnet18_repository_describes_resnet18_not_alexnet(resnet18_export):
+    """Dims, names and labels come from the exported model: 10 classes at 64 px, named resnet18_*."""
+    manifest = Manifest.read(resnet18_export)
+    sources = [a for a in manifest.artifacts if a.format in PLATFORMS]
+    models = manifest.find("triton")
+    _check_repository(resnet18_export, sources, models, manifest.card)
+    assert {m.extra["model"] for m in models} == {"resnet18_onnx_fp32", "resnet18_onnx_fp16",
+                                                   "resnet18_onnx_int8", "resnet18_torchscript_fp32"}
+    cfg = _config(resnet18_export, next(m for m in models if m.extra["model"] == "resnet18_onnx_fp32"))
+    assert list(cfg.input[0].dims) == [3, 64, 64] and list(cfg.output[0].dims) == [10]
