@@ -346,6 +346,14 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
 @click.option("--warmup-s", default=1.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--duration-s", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Cap on timed seconds per runner and batch size.")
+@click.option("--min-duration-s", default=None, type=click.FloatRange(min=0),
+              help="Time each runner and batch size at least this long [default: 1 s, or --duration-s "
+                   "when shorter].")
+@click.option("--min-calls", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Time at least this many calls, even past --duration-s.")
+@click.option("--images", default=None, type=click.Path(path_type=Path),
+              help="Also time each runner from these image files to logits, one per call: decode, "
+                   "preprocessing and inference apart.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Intra-op threads [default: physical cores].")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),

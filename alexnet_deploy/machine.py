@@ -29,6 +29,31 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def cpu_clock_ghz() -> tuple[float | None, str]:
+    """The highest clock the OS states for this CPU, and where it came from: cpufreq's maximum
+    (turbo included) where the kernel exposes it, else the model name's rated "@ 2.10GHz" or the
+    current "cpu MHz" (a VM often shows only these), whichever is higher."""
+    found: dict[str, float] = {}
+    for f in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/cpuinfo_max_freq"):
+        with contextlib.suppress(OSError, ValueError):
+            found["cpufreq max"] = max(found.get("cpufreq max", 0.0), int(f.read_text()) / 1e6)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                with contextlib.suppress(ValueError):
+                    found["cpu MHz"] = max(found.get("cpu MHz", 0.0), float(value) / 1e3)
+            elif key.strip() == "model name" and "GHz" in value:
+                with contextlib.suppress(ValueError):
+                    found["rated"] = float(value.rsplit("@", 1)[-1].strip().removesuffix("GHz"))
+    except OSError:
+        pass
+    if not found:
+        return None, "not stated"
+    source = max(found, key=found.get)
+    return round(found[source], 3), source
+
+
 def last_level_cache_bytes() -> int | None:
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     sizes = []

@@ -67,7 +67,7 @@ def harness_median(runner_name: str, manifest: Manifest, artifact: Artifact, bat
     try:
         inputs = make_inputs(batch, manifest.card.input.shape)
         runner.infer(inputs[0])
-        timing, _ = time_runner(runner, inputs, args.warmup_s, args.duration_s)
+        timing, _ = time_runner(runner, inputs, {"warmup_s": args.warmup_s, "duration_s": args.duration_s})
         facts = {"stable": timing.stable, "calls": len(timing.samples_ms)}
         if precision := reported_precision(runner):
             facts["inference_precision"] = precision

@@ -20,7 +20,7 @@ from alexnet_deploy.bench.timing import (
     windows_agree,
 )
 
-LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "max"}
+LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "p99_9", "max", "std", "cv", "count"}
 RESULT_KEYS = {"backend", "format", "precision", "batch_size", "threads", "load_s", "first_inference_ms",
                "latency_ms", "throughput_ips", "stable", "windows", "peak_rss_mb", "floor_ms", "efficiency"}
 
@@ -49,6 +49,17 @@ def test_percentiles_are_over_all_samples_and_ordered():
     assert (stats.min, stats.max, stats.mean) == (1.0, 100.0, 50.5)
     assert stats.p50 == pytest.approx(50.5)
     assert _ordered(stats)
+
+
+def test_p99_9_coefficient_of_variation_and_count_as_trtexec_reports_them():
+    stats = LatencyStats.of(np.arange(1, 1001, dtype=float))
+    assert stats.count == 1000
+    assert stats.p99_9 == pytest.approx(999.001)  # linear interpolation between 999 and 1000
+    assert stats.p99 <= stats.p99_9 <= stats.max
+    assert stats.std == pytest.approx(np.sqrt((1000**2 - 1) / 12))  # population std of 1..n
+    assert stats.cv == pytest.approx(stats.std / 500.5) and stats.noisy
+    steady = LatencyStats.of([10.0] * 50 + [10.05] * 50)  # 0.25 % spread: not flagged
+    assert steady.cv == pytest.approx(0.025 / 10.025) and not steady.noisy
 
 
 @pytest.mark.parametrize("medians, agree", [
@@ -84,6 +95,20 @@ def test_unsettled_calls_stop_at_the_cap_flagged_unstable():
     timing = time_calls(clock.call, [0], warmup_s=0, duration_s=1.0, window_s=1 / 8, clock=clock)
     assert not timing.stable
     assert len(timing.windows_ms) == 8 and timing.timed_s == 1.0
+
+
+def test_a_minimum_duration_keeps_a_stable_run_going():
+    clock = ScriptedClock(itertools.repeat(1 / 64))
+    timing = time_calls(clock.call, [0], warmup_s=0, duration_s=10, window_s=1 / 8, clock=clock, min_duration_s=2.0)
+    assert timing.stable and timing.timed_s == 2.0  # stable after 3 windows (0.375 s), kept to 2 s
+    assert len(timing.samples_ms) == 2 * 64
+
+
+def test_a_minimum_call_count_wins_over_the_cap():
+    clock = ScriptedClock(itertools.repeat(0.5))  # a slow model: 2 calls per second
+    timing = time_calls(clock.call, [0], warmup_s=0, duration_s=1.0, window_s=0.1, clock=clock, min_calls=10)
+    assert len(timing.samples_ms) >= 10 and timing.timed_s >= 5.0
+    assert timing.stats.count == len(timing.samples_ms)
 
 
 def test_slow_calls_still_get_three_per_window():
@@ -150,7 +175,7 @@ def test_cuda_runner_without_device_tensors_is_timed_with_transfers_and_says_so(
     from alexnet_deploy.bench.harness import reported_precision, time_runner
 
     runner = _HostOnlyCudaRunner()
-    timing, extra = time_runner(runner, [np.zeros((1, 3, 8, 8), np.float32)], warmup_s=0, duration_s=0.01)
+    timing, extra = time_runner(runner, [np.zeros((1, 3, 8, 8), np.float32)], {"warmup_s": 0, "duration_s": 0.01})
     assert runner.calls >= len(timing.samples_ms) >= 3  # timed through infer() on numpy
     assert extra["cuda_graph"] is False and "latency includes transfers" in extra["note"]
     assert reported_precision(runner) is None
@@ -193,6 +218,71 @@ def test_floor_grows_with_batch_and_shrinks_with_precision():
     assert "fc memory-bound" in basis and "conv compute-bound" in basis
     assert floor_ms(cost, 1, "int8", roof)[0] < f1
     assert floor_ms(cost, 1, "fp16", roof)[0] <= f1  # no fp16 rate: fp32 rate, half the bytes
+
+
+@pytest.mark.parametrize("flags, expected", [
+    # a Sapphire Rapids core: AVX-512 FMA, AMX for bf16 and int8, AVX512-FP16
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8"},
+     {"fp32": 256, "bf16": 4096, "fp16": 512, "int8": 8192}),
+    # AVX2 + FMA only (this CI machine's kind): bf16 and fp16 are computed in fp32, int8 with AVX2
+    ({"avx", "avx2", "fma", "ssse3"}, {"fp32": 128, "bf16": 128, "fp16": 128, "int8": 512}),
+    ({"avx512f", "fma", "avx512_vnni"}, {"fp32": 256, "bf16": 256, "fp16": 256, "int8": 1024}),
+])
+def test_isa_peak_is_cores_times_clock_times_the_widest_units_ops_per_cycle(flags, expected):
+    from alexnet_deploy.bench.roofline import isa_peaks
+
+    peaks = isa_peaks(flags, cores=2, clock_ghz=2.0)
+    assert {p: v["gops"] for p, v in peaks.items()} == expected
+    assert all(v["cores"] == 2 and v["clock_ghz"] == 2.0 for v in peaks.values())
+
+
+def test_the_floor_takes_the_isa_peak_and_never_a_rate_below_a_measured_one():
+    from alexnet_deploy.bench.roofline import compute_peak
+
+    isa = {"int8": {"gops": 600.0, "unit": "avx2"}, "fp32": {"gops": 150.0, "unit": "fma"}}
+    # int8 measured at 1.2 GOP/s by torch's reference GEMM: the ISA's 600 bounds it instead
+    assert compute_peak("int8", {"gops_int8": 1.2, "gflops_fp32": 70.0, "isa_peak": isa})[0] == 600.0
+    # a measured rate above the stated-clock peak (turbo) wins: the floor stays below every result
+    assert compute_peak("fp32", {"gflops_fp32": 180.0, "isa_peak": isa}) == (180.0, "gflops_fp32=180 (measured)")
+    assert compute_peak("fp32", {"gflops_fp32": 70.0})[0] == 70.0  # CUDA: no ISA table, measured only
+
+
+def test_a_turbo_the_os_does_not_state_raises_the_clock_to_what_the_measured_rate_implies(monkeypatch):
+    from alexnet_deploy.bench import roofline
+
+    monkeypatch.setattr(roofline, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(roofline, "cpu_clock_ghz", lambda: (1.0, "cpu MHz"))
+    stated = roofline._isa_section(threads=1, measured_fp32=20.0)  # below 1 core x 1 GHz x 32
+    assert (stated["clock_ghz"], stated["clock_source"], stated["isa_peak"]["fp32"]["gops"]) == (1.0, "cpu MHz", 32.0)
+    turbo = roofline._isa_section(threads=1, measured_fp32=48.0)  # 1.5 GHz worth of FMAs
+    assert turbo["clock_ghz"] == 1.5 and "implied" in turbo["clock_source"]
+    assert turbo["isa_peak"]["fp32"]["gops"] == 48.0
+
+
+def test_a_result_faster_than_its_floor_is_reported_as_floor_wrong():
+    from alexnet_deploy.bench.harness import BenchmarkReport, BenchResult, _final_floors, _RunContext
+    from alexnet_deploy.bench.roofline import LayerGroup, ModelCost
+    from alexnet_deploy.bench.timing import LatencyStats, PeakMemory
+
+    cost = ModelCost({"conv": LayerGroup(macs=10**9, params=0), "fc": LayerGroup(macs=0, params=1000)})
+    roof = {"threads": 1, "gflops_fp32": 100.0, "read_gbps": 10.0, "read_gbps_weights": {"fp32": 10.0}}
+
+    def result(p50_ms):
+        return BenchResult(backend="x", format="onnx", precision="fp32", device="cpu", batch_size=1, threads=1,
+                           load_s=0, first_inference_ms=0, latency_ms=LatencyStats.of([p50_ms] * 3),
+                           throughput_ips=1, stable=True, windows=[], calls=3, timed_s=0, peak_rss_mb=0,
+                           rss_before_load_mb=0, input_buffers_mb=0, floor_ms=0, efficiency=0, floor_basis="")
+
+    honest, impossible = result(100.0), result(1.0)  # the floor is 20 ms (2 GFLOP at 100 GFLOP/s)
+    report = BenchmarkReport(export_dir="", created="", machine={}, versions={}, settings={}, roofline={},
+                             harness_overhead_us=0, memory_method="", method={}, results=[honest, impossible])
+    ctx = _RunContext(manifest=None, batch_sizes=[1], warmup_s=0, duration_s=1, min_duration_s=0, min_calls=1,
+                      threads=1, roofline=roof, cost=cost, memory=PeakMemory())
+    _final_floors(ctx, report, {"fp32": 4000})
+    assert honest.floor_ms == pytest.approx(20.0, rel=1e-3) and not honest.floor_wrong
+    assert impossible.efficiency == pytest.approx(20.0, rel=1e-3) and impossible.floor_wrong
+    assert len(report.notes) == 1 and "floor wrong: x (onnx, fp32) batch 1" in report.notes[0]
+    assert len(report.roofline["read_gbps_weights_runs"]["fp32"]) == 2  # measured again after the runners
 
 
 def test_matmul_size_grows_to_the_peak_for_fast_kernels_and_stops_early_for_slow_ones(monkeypatch):
@@ -257,7 +347,9 @@ def test_benchmark_command_writes_json_markdown_and_plot(exported_dir, tmp_path)
         assert RESULT_KEYS <= r.keys()
         lat = r["latency_ms"]
         assert LATENCY_KEYS == lat.keys()
-        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
+        assert lat["count"] == r["calls"] >= 10  # --min-calls' default, although the cap is 0.1 s
+        assert lat["cv"] == pytest.approx(lat["std"] / lat["mean"])
         assert r["threads"] == 1 and r["throughput_ips"] > 0 and r["load_s"] >= 0
         assert r["floor_ms"] > 0 and r["efficiency"] == pytest.approx(r["floor_ms"] / lat["p50"])
         assert r["peak_rss_mb"] >= r["rss_before_load_mb"] > 0
@@ -265,8 +357,11 @@ def test_benchmark_command_writes_json_markdown_and_plot(exported_dir, tmp_path)
     too_big = [s for s in data["skipped"] if s["batch_size"] == max_batch + 1]
     assert too_big and all("outside" in s["reason"] for s in too_big)
 
+    assert (data["settings"]["min_duration_s"], data["settings"]["min_calls"]) == (0.1, 10)
+    assert "Hyndman-Fan type 7" in data["method"]["percentiles"]
     markdown = report.with_suffix(".md").read_text()
     assert "| onnxruntime-cpu |" in markdown and "floor_ms" in markdown
+    assert "p99.9 ms" in markdown and "at least 0.1 s and 10 calls" in markdown
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -294,6 +389,8 @@ def _empty_export(tmp_path, exported_dir):
 @pytest.mark.parametrize("args, needle", [
     (["--backends", "no-such-runtime"], "unknown backend"),
     (["--batch-sizes", "1,0"], ">= 1"),
+    (["--duration-s", "1", "--min-duration-s", "5"], "--min-duration-s 5 must be between 0 and --duration-s 1"),
+    (["--min-calls", "0"], "--min-calls"),
 ])
 def test_bad_options_exit_2_without_traceback(args, needle, exported_dir):
     assert_user_error(run_cli("benchmark", exported_dir, *args), needle)
@@ -324,3 +421,62 @@ def test_named_backend_that_cannot_run_here_is_a_user_error(exported_dir):
         pytest.skip("every registered backend can run on this machine")
     with pytest.raises(UserError, match=f"backend {blocked} cannot run here: "):
         benchmark(exported_dir, backends=[blocked])
+
+
+# -- end to end from image files ----------------------------------------------------------------
+def _odd_images(folder):
+    """Five files a user might have: a camera-sized JPEG, 16-bit grayscale, palette and RGBA PNGs,
+    a BMP; none of them the model's size or square."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(folder / "camera.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 65536, (301, 199), dtype=np.uint16)).save(folder / "gray16.png")
+    Image.fromarray(rng.integers(0, 256, (97, 130, 3), dtype=np.uint8)).convert("P").save(folder / "palette.png")
+    Image.fromarray(rng.integers(0, 256, (150, 90, 4), dtype=np.uint8)).save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (77, 123, 3), dtype=np.uint8)).save(folder / "old.bmp")
+    return [(640, 480), (199, 301), (130, 97), (90, 150), (123, 77)]
+
+
+@pytest.mark.slow
+def test_images_are_timed_from_the_file_to_the_logits_with_each_phase_apart(random_export, tmp_path):
+    sizes = _odd_images(tmp_path / "photos")
+    report = tmp_path / "bench.json"
+    proc = run_cli("benchmark", random_export, "--backends", "onnxruntime-cpu", "--batch-sizes", "2",
+                   "--warmup-s", "0", "--duration-s", "0.1", "--min-calls", "7", "--images", tmp_path / "photos",
+                   "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "from image files" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["settings"]["images"] == str(tmp_path / "photos")
+    rows = data["end_to_end"]
+    ran = {(r["backend"], r["precision"]) for r in data["results"]}
+    assert {(r["backend"], r["precision"]) for r in rows} == ran and len(rows) == len(ran) >= 1
+    pixels = [w * h / 1e6 for w, h in sizes]
+    for r in rows:
+        assert r["images"] == 5
+        phases = [r[k] for k in ("decode_ms", "preprocess_ms", "infer_ms", "total_ms")]
+        assert len({p["count"] for p in phases}) == 1 and phases[0]["count"] >= 7  # the same timed calls
+        # each call's total holds its three phases, so every order statistic does too
+        assert r["total_ms"]["p50"] >= r["infer_ms"]["p50"] and r["total_ms"]["max"] >= r["decode_ms"]["max"]
+        assert min(pixels) - 1e-3 <= r["megapixels"] <= max(pixels) + 1e-3
+    markdown = report.with_suffix(".md").read_text()
+    assert "## From image files to logits" in markdown and "decode ms" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, needle", [("missing", "no such folder"), ("empty", "no image files"),
+                                          ("corrupt", "cannot read image")])
+def test_bad_images_folder_is_one_line_and_nothing_written(case, needle, random_export, tmp_path):
+    folder = tmp_path / "photos"
+    if case != "missing":
+        folder.mkdir()
+    if case == "corrupt":
+        (folder / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    report = tmp_path / "bench.json"
+    proc = run_cli("benchmark", random_export, "--backends", "onnxruntime-cpu", "--batch-sizes", "1",
+                   "--duration-s", "0.1", "--images", folder, "--report", report)
+    assert_user_error(proc, needle)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not report.exists() and not report.with_suffix(".md").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alexnet_deploy.bench.harness import (  # noqa: F401
     DEFAULT_BATCH_SIZES,
+    MIN_CALLS,
     BenchmarkReport,
     BenchResult,
     Skip,
@@ -27,11 +28,13 @@ from alexnet_deploy.bench.timing import LatencyStats, Timing, time_calls, window
 def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = None,
                   batch_sizes: Sequence[int] | None = None, warmup_s: float = 1.0,
                   duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
-                  report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None
-                  ) -> BenchmarkReport:
+                  report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
+                  min_duration_s: float | None = None, min_calls: int = MIN_CALLS,
+                  images: str | os.PathLike | None = None) -> BenchmarkReport:
     """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json)."""
     result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
-                       warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device)
+                       warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
+                       min_duration_s=min_duration_s, min_calls=min_calls, images=images)
     json_path = Path(report) if report else Path(result.export_dir) / "benchmark.json"
     paths = write_outputs(result, json_path, plot)
     print_table(result)

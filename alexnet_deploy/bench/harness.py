@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_deploy.bench import end_to_end
+from alexnet_deploy.bench.end_to_end import EndToEnd
 from alexnet_deploy.bench.timing import (
+    CV_WARN,
+    PERCENTILE_METHOD,
     CudaTimedCall,
     LatencyStats,
     PeakMemory,
@@ -29,6 +33,8 @@ from alexnet_deploy.runtimes import Runner
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)
+MIN_DURATION_S = 1.0  # each timing lasts at least this long (or the whole cap when it is shorter)
+MIN_CALLS = 10  # and holds at least this many calls, whatever the cap (trtexec's --iterations default)
 INPUT_BUFFERS = 4  # inputs rotate over these so no runtime can answer from a cached input
 INPUT_BUFFER_BUDGET = 256 << 20  # fewer buffers (at least two) when large batches would exceed it
 METHOD = {
@@ -39,11 +45,14 @@ METHOD = {
                "clock overall; CUDA runners that take host arrays only (onnxruntime-cuda, "
                "onnxruntime-tensorrt): timed like CPU ones, transfers included, phases not split",
     "windows": "warm-up for warmup_s, then timed windows until 3 consecutive window medians agree "
-               "within 10% (stable) or duration_s of timed calls pass (stable=false); percentiles over "
-               "all timed calls",
+               "within 10% (stable) or duration_s of timed calls pass (stable=false), but never before "
+               "min_duration_s of timed calls and min_calls calls (the count wins over the cap)",
+    "percentiles": PERCENTILE_METHOD + "; cv = population standard deviation / mean, flagged above "
+                   f"{CV_WARN:.0%} as trtexec does",
     "throughput": "batch_size * timed calls / timed seconds: one synchronous stream, no overlap",
     "inputs": "random float32 batches made before timing, rotated over several buffers",
     "harness_overhead": "median time of a no-op through the same timing loop; not subtracted",
+    "end_to_end": end_to_end.METHOD,
 }
 
 
@@ -77,6 +86,7 @@ class BenchResult:
     note: str | None = None
     artifact: str = ""  # its path in the export folder
     recommended: bool = False  # the manifest's pick for this precision (`export --target cpu`)
+    floor_wrong: bool = False  # efficiency above roofline.FLOOR_WRONG: the floor is not a floor
 
     @property
     def label(self) -> str:
@@ -106,6 +116,7 @@ class BenchmarkReport:
     results: list[BenchResult] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    end_to_end: list[EndToEnd] = field(default_factory=list)  # `--images`: from the file to the logits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,18 +209,26 @@ class _RunContext:
     batch_sizes: list[int]
     warmup_s: float
     duration_s: float
+    min_duration_s: float
+    min_calls: int
     threads: int
     roofline: dict[str, Any]
     cost: Any
     memory: PeakMemory
+    images: list[str] = field(default_factory=list)  # `--images`: timed end to end after the batches
+
+    def run_length(self) -> dict[str, Any]:
+        """time_calls' keyword arguments for one timing."""
+        return {"warmup_s": self.warmup_s, "duration_s": self.duration_s,
+                "min_duration_s": self.min_duration_s, "min_calls": self.min_calls}
 
 
-def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact,
-                  results: list[BenchResult], skips: list[Skip]) -> None:
+def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, report: BenchmarkReport) -> None:
     """Load once, then every batch size in ascending order; peaks are per runner, cumulative."""
     from alexnet_deploy.bench.roofline import floor_ms
 
     runner_name = cls.name
+    results, skips = report.results, report.skipped
     runner = cls.from_artifact(ctx.manifest, artifact, threads=ctx.threads)
     lo, hi = artifact.batch.min, artifact.batch.max
     ctx.memory.reset()
@@ -226,7 +245,7 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact,
             t0 = time.perf_counter()
             runner.infer(inputs[0])
             first_ms = (time.perf_counter() - t0) * 1e3
-            timing, cuda = time_runner(runner, inputs, ctx.warmup_s, ctx.duration_s)
+            timing, cuda = time_runner(runner, inputs, ctx.run_length())
             roof = ctx.roofline.get("cuda", ctx.roofline) if cls.device == "cuda" else ctx.roofline
             floor, basis = floor_ms(ctx.cost, batch, artifact.precision, roof)
             stats = timing.stats
@@ -244,22 +263,27 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact,
             r = results[-1]
             log.info(f"{r.label} batch {batch}: p50 {stats.p50:.3f} ms, p99 {stats.p99:.3f} ms, "
                     f"{r.throughput_ips:.1f} img/s{'' if r.stable else ' (unstable)'}")
+        if ctx.images and lo <= 1:
+            e2e = end_to_end.time_end_to_end(runner, artifact, ctx.manifest.card, ctx.images, ctx.run_length())
+            report.end_to_end.append(e2e)
+            log.info(f"{runner.label} from images: p50 {e2e.total_ms.p50:.3f} ms per image, "
+                     f"{e2e.infer_share:.0%} of it inference")
     finally:
         runner.deactivate()
 
 
-def time_runner(runner: Runner, inputs: list[np.ndarray], warmup_s: float, duration_s: float
+def time_runner(runner: Runner, inputs: list[np.ndarray], run_length: dict[str, Any]
                 ) -> tuple[Timing, dict[str, Any]]:
     """One active runner at one batch size: the timing and, on CUDA, the per-phase medians
     (CUDA runners that declare `device_tensors` are timed through `infer_device` with CUDA events)."""
     if runner.device == "cuda" and runner.device_tensors:
         call = CudaTimedCall(runner, inputs)
-        timing = time_calls(call, call.host, warmup_s, duration_s)
+        timing = time_calls(call, call.host, **run_length)
         extra = {**call.phase_medians(len(timing.samples_ms)), "cuda_graph": call.graph is not None}
         if call.graph_error:
             extra["note"] = f"CUDA graph capture failed, plain calls timed ({call.graph_error})"
         return timing, extra
-    timing = time_calls(runner.infer, inputs, warmup_s, duration_s)
+    timing = time_calls(runner.infer, inputs, **run_length)
     extra = {}
     if runner.device == "cuda":
         extra = {"cuda_graph": False, "note": "runner takes host arrays only: latency includes "
@@ -284,8 +308,12 @@ def precision_name(text: str) -> str:
 def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = None,
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup_s: float = 1.0,
               duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
-              only: Callable[[Any], bool] | None = None) -> BenchmarkReport:
-    """Time every available runner on every batch size; see METHOD and roofline.FORMULA."""
+              only: Callable[[Any], bool] | None = None, min_duration_s: float | None = None,
+              min_calls: int = MIN_CALLS, images: str | os.PathLike | None = None) -> BenchmarkReport:
+    """Time every available runner on every batch size; see METHOD and roofline.FORMULA.
+    `duration_s` caps each timing; `min_duration_s` (default: MIN_DURATION_S, or duration_s when
+    that is shorter) and `min_calls` are what each must reach first. `images`: a folder whose
+    files each runner also classifies one per call, decode and preprocessing timed apart."""
     import torch
 
     from alexnet_deploy.bench import roofline
@@ -295,6 +323,13 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         raise UserError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     if threads is not None and threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
+    min_duration_s = min(MIN_DURATION_S, duration_s) if min_duration_s is None else min_duration_s
+    if not 0 <= min_duration_s <= duration_s:
+        raise UserError(f"--min-duration-s {min_duration_s:g} must be between 0 and --duration-s "
+                        f"{duration_s:g} (the cap): raise --duration-s or lower --min-duration-s")
+    if min_calls < 1:
+        raise UserError(f"--min-calls must be >= 1, got {min_calls}")
+    image_paths = end_to_end.image_paths(images) if images is not None else []
     manifest = Manifest.read(export_dir)
     plan, skips = plan_runs(manifest, backends, device, only)
     check_integrity(manifest, [c.artifact for c in plan])
@@ -310,12 +345,15 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         weights = roofline.weight_bytes(cost, [c.artifact.precision for c in plan])
         ctx = _RunContext(
             manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
-            duration_s=duration_s, threads=threads, cost=cost, memory=PeakMemory(),
+            duration_s=duration_s, min_duration_s=min_duration_s, min_calls=min_calls, images=image_paths,
+            threads=threads, cost=cost, memory=PeakMemory(),
             roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan), weights))
         report = BenchmarkReport(
             export_dir=str(manifest.root), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             machine=machine, versions=library_versions(),
             settings={"batch_sizes": ctx.batch_sizes, "warmup_s": warmup_s, "duration_s": duration_s,
+                      "min_duration_s": min_duration_s, "min_calls": min_calls,
+                      "images": str(images) if images is not None else None,
                       "threads": threads, "device": device, "backends": list(backends or [])},
             roofline={**ctx.roofline, "model_macs": ctx.cost.macs, "model_params": ctx.cost.params,
                       "model_input": card.input.crop},
@@ -323,12 +361,14 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
             method=METHOD, skipped=skips)
         for choice in plan:
             try:
-                _bench_runner(ctx, choice.runner_cls, choice.artifact, report.results, report.skipped)
+                _bench_runner(ctx, choice.runner_cls, choice.artifact, report)
             except Exception as e:  # a runtime failing mid-run is reported; the others still run
                 reason = f"failed: {exception_line(e)}"
                 log.warning(f"{choice.runner} [{choice.artifact.precision}]: {reason}")
                 report.skipped.append(Skip(choice.runner, choice.artifact.format,
                                            choice.artifact.precision, reason))
+        if report.results:
+            _final_floors(ctx, report, weights)
     finally:
         torch.set_num_threads(previous_threads)
     if not report.results:
@@ -338,6 +378,27 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     report.machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
         else None
     return report
+
+
+def _final_floors(ctx: _RunContext, report: BenchmarkReport, weights: dict[str, int]) -> None:
+    """Floors from the better of the two bandwidth measurements, then the floor's own check: a result
+    faster than its floor (beyond FLOOR_WRONG) means the floor is wrong, and the report says so."""
+    from alexnet_deploy.bench import roofline
+
+    roofline.remeasure_bandwidth(ctx.roofline, weights)
+    for key in ("read_gbps_weights", "read_gbps_weights_runs"):
+        report.roofline[key] = ctx.roofline[key]
+    for r in report.results:
+        if r.device == "cpu":
+            r.floor_ms, r.floor_basis = roofline.floor_ms(ctx.cost, r.batch_size, r.precision, ctx.roofline)
+            r.efficiency = r.floor_ms / r.latency_ms.p50
+        r.floor_wrong = r.efficiency > roofline.FLOOR_WRONG
+    wrong = [f"{r.label} batch {r.batch_size} ({r.efficiency:.0%})" for r in report.results if r.floor_wrong]
+    if wrong:
+        note = (f"floor wrong: {', '.join(wrong)} ran faster than the floor allows (efficiency above "
+                f"{roofline.FLOOR_WRONG:.2f}); the roofline's figures for it are not limits")
+        report.notes.append(note)
+        log.warning(note)
 
 
 def is_recommended(result: BenchResult, recommended: dict[str, Any]) -> bool:

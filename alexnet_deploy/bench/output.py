@@ -6,13 +6,19 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from alexnet_deploy.bench.end_to_end import EndToEnd
 from alexnet_deploy.bench.harness import BenchmarkReport, BenchResult
 from alexnet_deploy.report import markdown_table
 
-HEADERS = ("backend", "format", "precision", "batch", "p50 ms", "p99 ms", "img/s", "stable", "load s",
-           "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
+HEADERS = ("backend", "format", "precision", "batch", "p50 ms", "p99 ms", "p99.9 ms", "cv", "calls", "img/s",
+           "stable", "load s", "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
+NOISY_MARK = "!"
+E2E_HEADERS = ("backend", "format", "precision", "images", "MP", "decode ms", "preprocess ms", "infer ms",
+               "total p50 ms", "total p99 ms", "img/s", "inference share")
 
 
+NOISY_NOTE = (f"{NOISY_MARK} cv above 1 %: latencies spread (trtexec warns at the same line); on a shared "
+              "machine compare runs side by side, or raise --min-duration-s")
 RECOMMENDED_MARK = "*"
 RECOMMENDED_NOTE = (f"{RECOMMENDED_MARK} recommended: the fastest checked runner and artifact for its precision "
                     "on the export machine (`export --target cpu`, in the manifest)")
@@ -21,10 +27,18 @@ RECOMMENDED_NOTE = (f"{RECOMMENDED_MARK} recommended: the fastest checked runner
 def _row(r: BenchResult) -> list:
     own = r.peak_rss_mb - r.rss_before_load_mb
     backend = f"{r.backend} {RECOMMENDED_MARK}" if r.recommended else r.backend
-    return [backend, r.format, r.precision, r.batch_size, f"{r.latency_ms.p50:.3f}", f"{r.latency_ms.p99:.3f}",
-            f"{r.throughput_ips:.1f}", "yes" if r.stable else "NO", f"{r.load_s:.2f}",
+    lat = r.latency_ms
+    cv = f"{lat.cv:.1%}{' ' + NOISY_MARK if lat.noisy else ''}"
+    return [backend, r.format, r.precision, r.batch_size, f"{lat.p50:.3f}", f"{lat.p99:.3f}", f"{lat.p99_9:.3f}",
+            cv, lat.count, f"{r.throughput_ips:.1f}", "yes" if r.stable else "NO", f"{r.load_s:.2f}",
             f"{r.first_inference_ms:.1f}", f"{r.peak_rss_mb:.0f} (+{own:.0f})", f"{r.floor_ms:.3f}",
-            f"{r.efficiency:.1%}"]
+            f"{r.efficiency:.1%}" + (" floor wrong" if r.floor_wrong else "")]
+
+
+def _e2e_row(r: EndToEnd) -> list:
+    return [r.backend, r.format, r.precision, r.images, f"{r.megapixels:.2f}", f"{r.decode_ms.p50:.3f}",
+            f"{r.preprocess_ms.p50:.3f}", f"{r.infer_ms.p50:.3f}", f"{r.total_ms.p50:.3f}",
+            f"{r.total_ms.p99:.3f}", f"{r.throughput_ips:.1f}", f"{r.infer_share:.0%}"]
 
 
 def print_table(report: BenchmarkReport) -> None:
@@ -42,6 +56,15 @@ def print_table(report: BenchmarkReport) -> None:
     console.print(table)
     if any(r.recommended for r in report.results):
         console.print(escape(RECOMMENDED_NOTE), highlight=False)
+    if any(r.latency_ms.noisy for r in report.results):
+        console.print(escape(NOISY_NOTE), highlight=False)
+    if report.end_to_end:
+        e2e = Table(title=f"from image files ({report.settings.get('images')}), one per call; median ms")
+        for h in E2E_HEADERS:
+            e2e.add_column(h, justify="left" if h in ("backend", "format", "precision") else "right")
+        for r in report.end_to_end:
+            e2e.add_row(*(escape(str(v)) for v in _e2e_row(r)))
+        console.print(e2e)
     for s in report.skipped:
         batch = f" batch {s.batch_size}" if s.batch_size else ""
         console.print(f"[yellow]skipped[/] {escape(f'{s.backend} ({s.format}, {s.precision}){batch}: {s.reason}')}",
@@ -58,14 +81,16 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
         f"{m['memory_gb']} GB RAM, ISA: {isa}; GPU: {m.get('gpu') or 'none'}",
         f"- Load average at start / end: {m.get('load_avg_start')} / {m.get('load_avg_end')}",
         f"- Threads: {s['threads']}; batch sizes {s['batch_sizes']}; warm-up {s['warmup_s']} s; "
-        f"timed cap {s['duration_s']} s per runner and batch size",
+        f"timed cap {s['duration_s']} s per runner and batch size, at least {s.get('min_duration_s', 0)} s "
+        f"and {s.get('min_calls', 1)} calls",
+        f"- Percentiles: {report.method.get('percentiles', 'numpy.percentile')}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
         f"- Harness overhead: {report.harness_overhead_us:.2f} µs per call (not subtracted)",
         f"- Peak memory: {report.memory_method}; it includes the process's baseline and the input "
         "buffers (both in the JSON)", "",
     ]
     lines += [*(f"> {n}" for n in report.notes), ""] if report.notes else []
-    lines += ["## Roofline (measured in this run)", "",
+    lines += ["## Roofline (ISA peaks from the CPU's features and clock; rates and bandwidth measured in this run)", "",
               markdown_table(["measure", "value"], _roofline_rows(roof)),
               f"Floor and efficiency: {roof['formula']}. Model: {roof['model_macs'] / 1e9:.3f} G "
               f"multiply-adds and {roof['model_params'] / 1e6:.2f} M parameters per "
@@ -73,12 +98,19 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
               "## Results", "", markdown_table(HEADERS, [_row(r) for r in report.results])]
     if any(r.recommended for r in report.results):
         lines += [RECOMMENDED_NOTE, ""]
+    if any(r.latency_ms.noisy for r in report.results):
+        lines += [NOISY_NOTE, ""]
     cuda = [r for r in report.results if r.compute_ms is not None]
     if cuda:
         lines += ["## CUDA phases (median ms, CUDA events)", "", markdown_table(
             ["backend", "format", "precision", "batch", "h2d", "compute", "d2h", "CUDA graph"],
             [[r.backend, r.format, r.precision, r.batch_size, f"{r.h2d_ms:.3f}", f"{r.compute_ms:.3f}",
               f"{r.d2h_ms:.3f}", r.cuda_graph] for r in cuda])]
+    if report.end_to_end:
+        lines += [f"## From image files to logits (`{report.settings.get('images')}`, one image per call)", "",
+                  "Medians per phase; total's percentiles over whole calls. The batch timings above start "
+                  "from a ready float32 array: the rest of an application's time is here.", "",
+                  markdown_table(E2E_HEADERS, [_e2e_row(r) for r in report.end_to_end])]
     if report.skipped:
         lines += ["## Skipped", "", markdown_table(
             ["backend", "format", "precision", "batch", "reason"],
@@ -87,6 +119,13 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
     if plot_name:
         lines += [f"![latency and throughput]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def _rates(x, unit: str) -> str:
+    """One rate, or the measurements it was the best of (`read_gbps_weights_runs`)."""
+    if isinstance(x, list):
+        return " / ".join(f"{v:,.1f}" for v in x if v is not None) + f" {unit}"
+    return f"{x:,.1f} {unit}"
 
 
 def _roofline_rows(roof: dict) -> list[list[str]]:
@@ -98,7 +137,11 @@ def _roofline_rows(roof: dict) -> list[list[str]]:
             if unit and isinstance(v, (int, float)):
                 rows.append([f"{scope} {k}", f"{v:,.1f} {unit}"])
             elif unit and isinstance(v, dict):  # read rate over each precision's weight bytes
-                rows += [[f"{scope} {k} ({p})", f"{x:,.1f} {unit}"] for p, x in v.items()]
+                rows += [[f"{scope} {k} ({p})", _rates(x, unit)] for p, x in v.items()]
+    for p, peak in (roof.get("isa_peak") or {}).items():
+        unit = "GOP/s" if p == "int8" else "GFLOP/s"
+        rows.append([f"cpu isa_peak {p} ({peak['unit']}: {peak['ops_per_cycle']} ops/cycle x {peak['cores']} cores "
+                     f"x {peak['clock_ghz']} GHz, {roof.get('clock_source')})", f"{peak['gops']:,.1f} {unit}"])
     return rows
 
 

@@ -28,7 +28,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 BATCH_SIZES = (1, 32)
 # Brief on purpose: a choice between runtimes several times apart, not a published figure
 # (`alexnet-deploy benchmark` and benchmarks/ measure properly).
-WARMUP_S, DURATION_S = 0.3, 1.5
+WARMUP_S, DURATION_S, MIN_DURATION_S = 0.3, 1.5, 0.3
 BASELINE = "torch-eager"
 
 
@@ -50,7 +50,7 @@ def recommend(manifest: Manifest, eager: Eager, target: str = "cpu", threads: in
               default=max(BATCH_SIZES))
     sizes = sorted({min(b, cap) for b in BATCH_SIZES})
     report = benchmark(manifest.root, batch_sizes=sizes, warmup_s=warmup_s, duration_s=duration_s,
-                       threads=threads, device=target,
+                       min_duration_s=min(MIN_DURATION_S, duration_s), threads=threads, device=target,
                        only=lambda c: _key(c.runner, c.artifact.path, c.artifact.precision) in passed)
     section = summarise(report, checks, sizes, target)
     manifest.recommended = section
@@ -136,7 +136,8 @@ def summarise(report, checks: dict[str, dict], sizes: list[int], target: str) ->
     return {"target": target, "machine": {k: report.machine.get(k) for k in ("cpu", "cores_logical", "isa")},
             "threads": report.settings["threads"], "batch_sizes": sizes,
             "load_avg": report.machine.get("load_avg_start"), "created": report.created,
-            "method": f"p50 over {report.settings['duration_s']} s per batch size after "
+            "method": f"p50 over {report.settings['min_duration_s']}..{report.settings['duration_s']} s "
+                      f"(at least {report.settings['min_calls']} calls) per batch size after "
                       f"{report.settings['warmup_s']} s warm-up; pick = smallest geometric mean of "
                       "p50 / torch eager fp32 p50 over the batch sizes",
             "baseline": base, "picks": picks, "missing": missing, "failed_checks": failed,

@@ -1,7 +1,11 @@
 """The machine's limits and the model's cost: what a perfect implementation could not beat.
 
-Measured in the same run as the benchmark (peak matmul rates, memory read bandwidth) and computed
-from the network itself (multiply-adds and weight bytes per layer group at the artifact's input size).
+The compute bound on a CPU is the ISA's theoretical peak (cores x clock x operations per cycle of
+the widest unit that computes the precision: FP32 FMA, AVX512-BF16 / AMX-BF16, VNNI / AMX-INT8),
+which no load can lower; the fastest matmul measured in the run is reported beside it as what is
+achievable. Memory read bandwidth has no such datasheet figure in a VM, so it is measured before and
+after the runners and the higher kept. The model's side is computed from the network itself
+(multiply-adds and weight bytes per layer group at the artifact's input size).
 
     floor_ms = sum over layer groups g (convolutions, fully connected) of
                max(2 * MACs_g * batch / peak_ops[precision],  weight_bytes_g / read_bandwidth)
@@ -19,13 +23,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from alexnet_deploy.machine import cpu_has_bf16, last_level_cache_bytes
+from alexnet_deploy.machine import cpu_clock_ghz, cpu_flags, cpu_has_bf16, last_level_cache_bytes
 
-FORMULA = ("floor_ms = sum over layer groups (conv, fc) of max(2*MACs*batch / the fastest measured "
-           "matmul rate that may compute the artifact's precision (fp32: fp32 or TF32; fp16: fp16 or "
-           "fp32), weight bytes at that precision / read bandwidth over an array the size of all the "
-           "model's weights); efficiency = floor_ms / p50")
+FORMULA = ("floor_ms = sum over layer groups (conv, fc) of max(2*MACs*batch / the highest rate that may "
+           "compute the artifact's precision: on a CPU the ISA's theoretical peak (isa_peak), else or when "
+           "higher the fastest measured matmul (fp32: fp32 or TF32; fp16: fp16 or fp32), weight bytes "
+           "at that precision / the better of two read-bandwidth measurements (before and after the "
+           "runners) over an array the size of all the model's weights); efficiency = floor_ms / p50, "
+           f"above {1.05:.2f} reported as 'floor wrong'")
+FLOOR_WRONG = 1.05  # efficiency above this: the floor is not a floor (noise allowed for)
+# Operations (a multiply-add is 2) per core per cycle of the widest unit each precision can use,
+# counting two vector pipes: the most any of these cores issue, so the peak is an upper bound. The
+# first flag the CPU has wins; a precision without a native unit is computed in fp32.
+ISA_OPS_PER_CYCLE = {
+    "fp32": (("avx512f", 64), ("fma", 32), ("asimd", 32), ("avx", 16)),
+    "bf16": (("amx_bf16", 1024), ("avx512_bf16", 128)),
+    "fp16": (("amx_fp16", 1024), ("avx512_fp16", 128)),
+    "int8": (("amx_int8", 2048), ("avx512_vnni", 256), ("avx512bw", 256), ("avx_vnni", 128), ("avx2", 128),
+             ("ssse3", 64)),
+}
+SCALAR_OPS_PER_CYCLE = 8
 BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 # The rates that may bound each precision's arithmetic; the floor takes the fastest one measured,
 # so it stays a lower bound: fp32 on CUDA may run as TF32 (cuDNN's and TensorRT's default for
@@ -82,11 +101,35 @@ def model_cost(arch: str, num_classes: int, image_size: int) -> ModelCost:
                       "fc": LayerGroup(counter.get_total_flops() // 2 - conv_macs, total_params - conv_params)})
 
 
+def isa_peaks(flags: set[str], cores: int, clock_ghz: float) -> dict[str, dict[str, Any]]:
+    """Theoretical GOP/s per precision: cores x clock x ISA_OPS_PER_CYCLE, with its basis."""
+    fp32_unit, fp32_ops = next(((f, n) for f, n in ISA_OPS_PER_CYCLE["fp32"] if f in flags),
+                               ("scalar", SCALAR_OPS_PER_CYCLE))
+    out = {}
+    for precision, units in ISA_OPS_PER_CYCLE.items():
+        unit, ops = next(((f, n) for f, n in units if f in flags), (None, 0))
+        if ops < fp32_ops:  # no faster unit of its own: computed in fp32
+            unit, ops = (fp32_unit if precision == "fp32" else f"{fp32_unit}, in fp32"), fp32_ops
+        out[precision] = {"gops": round(cores * clock_ghz * ops, 1), "unit": unit, "ops_per_cycle": ops,
+                          "cores": cores, "clock_ghz": clock_ghz}
+    return out
+
+
+def compute_peak(precision: str, roofline: dict) -> tuple[float, str]:
+    """The highest rate (GOP/s) that may compute `precision`, and what it is."""
+    measured = [k for k in PEAK_KEYS.get(precision, ()) if roofline.get(k)] or ["gflops_fp32"]
+    key = max(measured, key=lambda k: roofline.get(k, 0.0))
+    best, name = roofline.get(key, 0.0), f"{key}={roofline.get(key, 0.0):.0f} (measured)"
+    isa = roofline.get("isa_peak", {}).get(precision)
+    if isa and isa["gops"] >= best:
+        best, name = isa["gops"], f"isa_peak {precision}={isa['gops']:.0f} ({isa['unit']})"
+    return best, name
+
+
 def floor_ms(cost: ModelCost, batch: int, precision: str, roofline: dict) -> tuple[float, str]:
     """The floor time and a one-line statement of what it was computed from."""
-    measured = [k for k in PEAK_KEYS.get(precision, ()) if roofline.get(k)] or ["gflops_fp32"]
-    key = max(measured, key=lambda k: roofline[k])
-    peak = roofline[key] * 1e9
+    rate, name = compute_peak(precision, roofline)
+    peak = rate * 1e9
     bandwidth_gbps = roofline.get("read_gbps_weights", {}).get(precision, roofline["read_gbps"])
     bandwidth = bandwidth_gbps * 1e9
     width = BYTES_PER_WEIGHT.get(precision, 4)
@@ -96,7 +139,7 @@ def floor_ms(cost: ModelCost, batch: int, precision: str, roofline: dict) -> tup
         memory = g.params * width / bandwidth
         total += max(compute, memory)
         bounds.append(f"{name} {'compute' if compute >= memory else 'memory'}-bound")
-    basis = f"{key}={roofline[key]:.0f}, weights read at {bandwidth_gbps:.1f} GB/s; {', '.join(bounds)}"
+    basis = f"{name}, weights read at {bandwidth_gbps:.1f} GB/s; {', '.join(bounds)}"
     return total * 1e3, basis
 
 
@@ -185,9 +228,44 @@ def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:
         out["read_bytes"] = nbytes
         out["read_gbps"] = _read_gbps(nbytes, "cpu", 3, lambda: None)
         out["read_gbps_weights"] = {p: _read_gbps(b, "cpu", 5, lambda: None) for p, b in weight_bytes.items()}
+        out.update(_isa_section(threads, out.get("gflops_fp32")))
     finally:
         torch.set_num_threads(previous)
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _isa_section(threads: int, measured_fp32: float | None) -> dict[str, Any]:
+    """isa_peak per precision at the stated clock, or at the clock the measured fp32 rate implies
+    when that is higher (a turbo the OS does not state): a measured rate never exceeds it."""
+    import psutil
+
+    flags = cpu_flags()
+    cores = max(1, min(threads, psutil.cpu_count(logical=False) or threads))
+    clock, source = cpu_clock_ghz()
+    fp32_ops = next((n for f, n in ISA_OPS_PER_CYCLE["fp32"] if f in flags), SCALAR_OPS_PER_CYCLE)
+    implied = measured_fp32 / (cores * fp32_ops) if measured_fp32 else None
+    if implied and (clock is None or implied > clock):
+        clock, source = round(implied, 3), "implied by the measured fp32 matmul rate"
+    if clock is None:
+        return {"isa_note": "no clock stated and no fp32 rate measured: compute floors use measured rates"}
+    return {"isa_peak": isa_peaks(flags, cores, clock), "clock_ghz": clock, "clock_source": source}
+
+
+def remeasure_bandwidth(roofline: dict, weight_bytes: dict[str, int]) -> None:
+    """Measure the weights' read rate again after the runners and keep the higher of the two, so a
+    busy moment at the start does not raise every memory-bound floor."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(roofline.get("threads", previous))
+    try:
+        again = {p: _read_gbps(b, "cpu", 5, lambda: None) for p, b in weight_bytes.items()}
+    finally:
+        torch.set_num_threads(previous)
+    before = roofline.get("read_gbps_weights", {})
+    roofline["read_gbps_weights_runs"] = {p: [before.get(p), again[p]] for p in again}
+    roofline["read_gbps_weights"] = {p: max(v for v in pair if v) for p, pair in
+                                     roofline["read_gbps_weights_runs"].items()}
 
 
 def _put_rates(out: dict, dtypes: dict, n: int, device: str, reps: int, sync) -> None:

@@ -22,6 +22,10 @@ MIN_CALLS_PER_WINDOW = 3
 Clock = Callable[[], float]
 
 
+CV_WARN = 0.01  # trtexec warns when the coefficient of variation passes 1 %
+PERCENTILE_METHOD = "numpy.percentile 'linear' (Hyndman-Fan type 7) over every timed call"
+
+
 @dataclass
 class LatencyStats:
     min: float
@@ -31,13 +35,24 @@ class LatencyStats:
     p95: float
     p99: float
     max: float
+    p99_9: float = float("nan")
+    std: float = float("nan")  # population standard deviation
+    cv: float = float("nan")  # std / mean
+    count: int = 0  # timed calls the percentiles are over
 
     @classmethod
     def of(cls, samples_ms: Sequence[float]) -> LatencyStats:
         a = np.asarray(samples_ms, dtype=np.float64)
-        p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
-        return cls(min=float(a.min()), mean=float(a.mean()), p50=float(p50), p90=float(p90),
-                   p95=float(p95), p99=float(p99), max=float(a.max()))
+        p50, p90, p95, p99, p999 = np.percentile(a, [50, 90, 95, 99, 99.9])
+        mean, std = float(a.mean()), float(a.std())
+        return cls(min=float(a.min()), mean=mean, p50=float(p50), p90=float(p90), p95=float(p95),
+                   p99=float(p99), max=float(a.max()), p99_9=float(p999), std=std,
+                   cv=std / mean if mean > 0 else float("nan"), count=int(a.size))
+
+    @property
+    def noisy(self) -> bool:
+        """Spread above trtexec's 1 % warning line: the percentiles move from run to run."""
+        return bool(self.cv > CV_WARN)
 
 
 @dataclass
@@ -66,9 +81,13 @@ def default_window_s(duration_s: float) -> float:
 
 
 def time_calls(call: Callable[[Any], object], inputs: Sequence[Any], warmup_s: float, duration_s: float,
-               window_s: float | None = None, clock: Clock = time.perf_counter) -> Timing:
+               window_s: float | None = None, clock: Clock = time.perf_counter,
+               min_duration_s: float = 0.0, min_calls: int = 0) -> Timing:
     """Warm up for `warmup_s`, then time `call` over the rotated `inputs` in windows until the last
     three windows' medians agree within 10% (stable) or `duration_s` of timed calls pass (unstable).
+    Neither ends the run before `min_duration_s` of timed calls and `min_calls` calls (as trtexec's
+    --duration / --iterations and LoadGen's minimums): the call count wins over the cap, so a slow
+    model still gets `min_calls` samples.
 
     A window lasts `window_s` and holds at least three calls, so slow calls still get a median.
     """
@@ -94,10 +113,13 @@ def time_calls(call: Callable[[Any], object], inputs: Sequence[Any], warmup_s: f
                 break
         samples += window
         medians.append(statistics.median(window))
+        elapsed = clock() - timed_start
+        if elapsed < min_duration_s or len(samples) < min_calls:
+            continue
         if windows_agree(medians):
             stable = True
             break
-        if clock() - timed_start >= duration_s:
+        if elapsed >= duration_s:
             stable = False
             break
     return Timing(samples, medians, stable, clock() - timed_start)
