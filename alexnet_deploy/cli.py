@@ -354,6 +354,13 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
 @click.option("--images", default=None, type=click.Path(path_type=Path),
               help="Also time each runner from these image files to logits, one per call: decode, "
                    "preprocessing and inference apart.")
+@click.option("--scenario", "scenarios", multiple=True,
+              type=click.Choice(["single-stream", "multi-stream", "server", "offline"]),
+              help="Also run this MLPerf LoadGen scenario on each runner (repeatable): single-stream p90, "
+                   "multi-stream p99 of 8-sample queries, server: highest rate with p99 <= --latency-ms, "
+                   "offline samples/s.")
+@click.option("--latency-ms", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="The server scenario's p99 latency budget.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Intra-op threads [default: physical cores].")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),

@@ -5,6 +5,8 @@ entry point (prints the table, writes JSON, Markdown and the PNG plot).
     harness.py   what to run, the runner loop, the report dataclasses
     output.py    rich table, Markdown, plots
     roofline.py  the machine's peak rates and the model's floor time
+    end_to_end.py  `--images`: from the image file to the logits, phases apart
+    loadgen.py   `--scenario`: MLPerf LoadGen scenarios over a runner
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None 
                   duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
                   report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
                   min_duration_s: float | None = None, min_calls: int = MIN_CALLS,
-                  images: str | os.PathLike | None = None) -> BenchmarkReport:
+                  images: str | os.PathLike | None = None, scenarios: Sequence[str] = (),
+                  latency_ms: float | None = None) -> BenchmarkReport:
     """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json)."""
     result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
                        warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
-                       min_duration_s=min_duration_s, min_calls=min_calls, images=images)
+                       min_duration_s=min_duration_s, min_calls=min_calls, images=images,
+                       scenarios=scenarios, latency_ms=latency_ms)
     json_path = Path(report) if report else Path(result.export_dir) / "benchmark.json"
     paths = write_outputs(result, json_path, plot)
     print_table(result)

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_deploy.bench import end_to_end
+from alexnet_deploy.bench import end_to_end, loadgen
 from alexnet_deploy.bench.end_to_end import EndToEnd
+from alexnet_deploy.bench.loadgen import ScenarioResult
 from alexnet_deploy.bench.timing import (
     CV_WARN,
     PERCENTILE_METHOD,
@@ -53,6 +54,12 @@ METHOD = {
     "inputs": "random float32 batches made before timing, rotated over several buffers",
     "harness_overhead": "median time of a no-op through the same timing loop; not subtracted",
     "end_to_end": end_to_end.METHOD,
+    "scenarios": "MLPerf LoadGen (mlcommons-loadgen) issues, times and judges each run by its own rules "
+                 "(min_duration_ms = min_duration_s, min_query_count = min_calls or the count early "
+                 "stopping needs, whichever is more); "
+                 "one query in flight, its samples batched up to the artifact's largest batch; server: "
+                 "a bisection over Poisson rates for the highest VALID one with p99 <= latency_ms; "
+                 "accuracy: LoadGen's accuracy mode over the sample set, top-1 against its labels",
 }
 
 
@@ -117,6 +124,7 @@ class BenchmarkReport:
     skipped: list[Skip] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     end_to_end: list[EndToEnd] = field(default_factory=list)  # `--images`: from the file to the logits
+    scenarios: list[ScenarioResult] = field(default_factory=list)  # `--scenario`: MLPerf LoadGen runs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,6 +224,9 @@ class _RunContext:
     cost: Any
     memory: PeakMemory
     images: list[str] = field(default_factory=list)  # `--images`: timed end to end after the batches
+    scenarios: list[str] = field(default_factory=list)  # `--scenario`: LoadGen runs after those
+    latency_ms: float | None = None  # the server scenario's p99 budget
+    samples: tuple | None = None  # LoadGen's sample set, loaded at the first scenario
 
     def run_length(self) -> dict[str, Any]:
         """time_calls' keyword arguments for one timing."""
@@ -268,8 +279,24 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
             report.end_to_end.append(e2e)
             log.info(f"{runner.label} from images: p50 {e2e.total_ms.p50:.3f} ms per image, "
                      f"{e2e.infer_share:.0%} of it inference")
+        for scenario in ctx.scenarios:
+            report.scenarios.append(_run_scenario(ctx, runner, artifact, scenario, report))
     finally:
         runner.deactivate()
+
+
+def _run_scenario(ctx: _RunContext, runner: Runner, artifact: Artifact, scenario: str,
+                  report: BenchmarkReport) -> ScenarioResult:
+    if ctx.samples is None:
+        ctx.samples = loadgen.scenario_samples(ctx.manifest.card)
+        report.settings["scenario_samples"] = ctx.samples[2]
+    samples, labels, _ = ctx.samples
+    log.info(f"{runner.label}: LoadGen {scenario}")
+    result = loadgen.run_scenario(runner, artifact, samples, labels, scenario, ctx.min_duration_s,
+                                  ctx.min_calls, ctx.latency_ms)
+    log.info(f"{runner.label} {scenario}: {result.headline:.3f} {result.unit}, "
+             f"{'VALID' if result.valid else 'INVALID (' + '; '.join(result.why_invalid) + ')'}")
+    return result
 
 
 def time_runner(runner: Runner, inputs: list[np.ndarray], run_length: dict[str, Any]
@@ -309,11 +336,14 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup_s: float = 1.0,
               duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
               only: Callable[[Any], bool] | None = None, min_duration_s: float | None = None,
-              min_calls: int = MIN_CALLS, images: str | os.PathLike | None = None) -> BenchmarkReport:
+              min_calls: int = MIN_CALLS, images: str | os.PathLike | None = None,
+              scenarios: Sequence[str] = (), latency_ms: float | None = None) -> BenchmarkReport:
     """Time every available runner on every batch size; see METHOD and roofline.FORMULA.
     `duration_s` caps each timing; `min_duration_s` (default: MIN_DURATION_S, or duration_s when
     that is shorter) and `min_calls` are what each must reach first. `images`: a folder whose
-    files each runner also classifies one per call, decode and preprocessing timed apart."""
+    files each runner also classifies one per call, decode and preprocessing timed apart.
+    `scenarios`: MLPerf LoadGen scenarios run on each runner (see bench/loadgen.py); the server
+    scenario searches the highest rate whose p99 stays within `latency_ms`."""
     import torch
 
     from alexnet_deploy.bench import roofline
@@ -330,6 +360,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     if min_calls < 1:
         raise UserError(f"--min-calls must be >= 1, got {min_calls}")
     image_paths = end_to_end.image_paths(images) if images is not None else []
+    loadgen.check_scenarios(list(scenarios), latency_ms)
     manifest = Manifest.read(export_dir)
     plan, skips = plan_runs(manifest, backends, device, only)
     check_integrity(manifest, [c.artifact for c in plan])
@@ -346,6 +377,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         ctx = _RunContext(
             manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
             duration_s=duration_s, min_duration_s=min_duration_s, min_calls=min_calls, images=image_paths,
+            scenarios=list(scenarios), latency_ms=latency_ms,
             threads=threads, cost=cost, memory=PeakMemory(),
             roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan), weights))
         report = BenchmarkReport(
@@ -354,6 +386,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
             settings={"batch_sizes": ctx.batch_sizes, "warmup_s": warmup_s, "duration_s": duration_s,
                       "min_duration_s": min_duration_s, "min_calls": min_calls,
                       "images": str(images) if images is not None else None,
+                      "scenarios": list(scenarios), "latency_ms": latency_ms,
                       "threads": threads, "device": device, "backends": list(backends or [])},
             roofline={**ctx.roofline, "model_macs": ctx.cost.macs, "model_params": ctx.cost.params,
                       "model_input": card.input.crop},

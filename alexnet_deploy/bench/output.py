@@ -8,11 +8,14 @@ from pathlib import Path
 
 from alexnet_deploy.bench.end_to_end import EndToEnd
 from alexnet_deploy.bench.harness import BenchmarkReport, BenchResult
+from alexnet_deploy.bench.loadgen import ScenarioResult
 from alexnet_deploy.report import markdown_table
 
 HEADERS = ("backend", "format", "precision", "batch", "p50 ms", "p99 ms", "p99.9 ms", "cv", "calls", "img/s",
            "stable", "load s", "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
 NOISY_MARK = "!"
+SCENARIO_HEADERS = ("scenario", "backend", "format", "precision", "result", "metric", "p50 ms", "p99 ms",
+                    "top-1", "LoadGen")
 E2E_HEADERS = ("backend", "format", "precision", "images", "MP", "decode ms", "preprocess ms", "infer ms",
                "total p50 ms", "total p99 ms", "img/s", "inference share")
 
@@ -41,6 +44,15 @@ def _e2e_row(r: EndToEnd) -> list:
             f"{r.total_ms.p99:.3f}", f"{r.throughput_ips:.1f}", f"{r.infer_share:.0%}"]
 
 
+def _scenario_row(r: ScenarioResult) -> list:
+    verdict = "VALID" if r.valid else "INVALID: " + "; ".join(r.why_invalid or ["see its summary"])
+    top1 = "" if r.accuracy_top1 is None else f"{r.accuracy_top1:.1%}"
+    budget = f" (p99 <= {r.latency_budget_ms:g} ms)" if r.latency_budget_ms else ""
+    return [r.scenario, r.backend, r.format, r.precision, f"{r.headline:.3f}", r.unit + budget,
+            f"{r.latency_ms.get('p50', float('nan')):.3f}", f"{r.latency_ms.get('p99', float('nan')):.3f}",
+            top1, verdict]
+
+
 def print_table(report: BenchmarkReport) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -65,6 +77,13 @@ def print_table(report: BenchmarkReport) -> None:
         for r in report.end_to_end:
             e2e.add_row(*(escape(str(v)) for v in _e2e_row(r)))
         console.print(e2e)
+    if report.scenarios:
+        sc = Table(title=f"MLPerf LoadGen scenarios ({report.settings.get('scenario_samples')})")
+        for h in SCENARIO_HEADERS:
+            sc.add_column(h)
+        for r in report.scenarios:
+            sc.add_row(*(escape(str(v)) for v in _scenario_row(r)))
+        console.print(sc)
     for s in report.skipped:
         batch = f" batch {s.batch_size}" if s.batch_size else ""
         console.print(f"[yellow]skipped[/] {escape(f'{s.backend} ({s.format}, {s.precision}){batch}: {s.reason}')}",
@@ -111,6 +130,10 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
                   "Medians per phase; total's percentiles over whole calls. The batch timings above start "
                   "from a ready float32 array: the rest of an application's time is here.", "",
                   markdown_table(E2E_HEADERS, [_e2e_row(r) for r in report.end_to_end])]
+    if report.scenarios:
+        lines += ["## MLPerf LoadGen scenarios", "", f"Sample set: {report.settings.get('scenario_samples')}. "
+                  "Each result is LoadGen's own verdict; its summary log is in the JSON (`scenarios[].summary`).",
+                  "", markdown_table(SCENARIO_HEADERS, [_scenario_row(r) for r in report.scenarios])]
     if report.skipped:
         lines += ["## Skipped", "", markdown_table(
             ["backend", "format", "precision", "batch", "reason"],

@@ -1,0 +1,109 @@
+"""MLPerf LoadGen scenarios (`benchmark --scenario`) through the real mlcommons-loadgen wheel, on a tiny
+model so that every run meets LoadGen's own minimums (early stopping needs hundreds of queries)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_user_error, cli
+from torch import nn
+
+import alexnet_deploy as ad
+from alexnet_deploy.bench import loadgen
+
+pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed (make test installs it)")
+
+
+class Tiny(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, demo_data):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("loadgen") / "E"
+    classes = sorted(p.name for p in (demo_data / "val").iterdir())
+    card = {"num_classes": 10, "classes": classes, "input": {"shape": [3, 24, 24]},
+            "data": {"val": str(demo_data / "val")}}
+    ad.export(Tiny(), out, formats=["onnx"], card=card, max_batch=8)
+    return out
+
+
+@pytest.mark.slow
+def test_every_scenario_is_valid_by_loadgens_rules_and_accuracy_is_validates_top1(tiny_export):
+    report = ad.benchmark(tiny_export, [1], backends=["onnxruntime-cpu"], warmup_s=0, duration_s=0.5,
+                          min_duration_s=0.3, scenarios=list(loadgen.SCENARIOS), latency_ms=50)
+    fp32 = {r.scenario: r for r in report.scenarios if r.precision == "fp32"}
+    assert set(fp32) == set(loadgen.SCENARIOS)
+    for name, r in fp32.items():
+        assert r.valid, (name, r.why_invalid, r.summary[-1500:])
+        assert "Result is : VALID" in r.summary and r.headline > 0
+    assert fp32["single-stream"].unit == "p90 latency ms"
+    assert fp32["single-stream"].headline == pytest.approx(fp32["single-stream"].latency_ms["p90"])
+    assert fp32["multi-stream"].headline == pytest.approx(fp32["multi-stream"].latency_ms["p99"])
+    server = fp32["server"]
+    assert server.latency_budget_ms == 50 and server.latency_ms["p99"] <= 50
+    assert any(run["valid"] for run in server.runs) and len(server.runs) == loadgen.SERVER_SEARCH_RUNS
+    # the headline is the fastest rate LoadGen judged VALID in the search
+    assert server.headline <= max(run["target_qps"] for run in server.runs if run["valid"]) * 1.2
+
+    # the sample set is the card's labelled val images; LoadGen's accuracy mode scored as validate does
+    samples, labels, said = loadgen.scenario_samples(report_card(tiny_export))
+    assert labels is not None and "labelled images" in said
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_export / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    top1 = float(np.mean(session.run(None, {session.get_inputs()[0].name: samples})[0].argmax(1) == labels))
+    assert all(r.accuracy_top1 == pytest.approx(top1) for r in fp32.values())
+
+
+def report_card(export):
+    from alexnet_deploy.manifest import Manifest
+
+    return Manifest.read(export).card
+
+
+def test_summary_parsing_reads_loadgens_verdict_and_why():
+    text = """Scenario : Server
+Completed samples per second    : 90.25
+Result is : INVALID
+  Performance constraints satisfied : Yes
+  Min duration satisfied : Yes
+  Early stopping satisfied: NO
+50.00 percentile latency (ns)   : 1302177
+99.00 percentile latency (ns)   : 2452149
+"""
+    parsed = loadgen.parse_summary(text)
+    assert not parsed["valid"] and parsed["unmet"] == ["early stopping not satisfied"]
+    assert parsed["server"] == 90.25 and parsed["percentiles_ms"] == {"p50": 1.302177, "p99": 2.452149}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needle", [
+    (["--scenario", "server"], "needs a latency budget: pass --latency-ms"),
+    (["--scenario", "cloud"], "'cloud' is not one of"),
+    (["--scenario", "server", "--latency-ms", "0"], "--latency-ms"),
+])
+def test_bad_scenario_options_are_one_line(args, needle, tiny_export, tmp_path):
+    r = cli("benchmark", tiny_export, "--backends", "onnxruntime-cpu", *args, "--report", tmp_path / "b.json")
+    assert_user_error(r, needle)
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_the_cli_report_holds_the_scenarios(tiny_export, tmp_path):
+    out = tmp_path / "b.json"
+    r = cli("benchmark", tiny_export, "--backends", "onnxruntime-cpu", "--batch-sizes", "1", "--duration-s", "0.3",
+            "--warmup-s", "0", "--scenario", "offline", "--report", out)
+    assert r.code == 0, r.err[-2000:]
+    data = json.loads(out.read_text())
+    assert {s["scenario"] for s in data["scenarios"]} == {"offline"} and data["settings"]["scenarios"] == ["offline"]
+    assert "## MLPerf LoadGen scenarios" in out.with_suffix(".md").read_text()
