@@ -11,8 +11,10 @@ Runners live in their backend's package (alexnet_deploy/backends/<name>/runner.p
 from __future__ import annotations
 
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +59,51 @@ def stored_precision(artifact: Artifact) -> str:
     return artifact.extra.get("stored_precision", artifact.precision)
 
 
+Done = Callable[[np.ndarray, float], None]  # (logits, the request's own latency in ms)
+
+
+class InFlight:
+    """Up to `n` requests of one active runner at once (`benchmark --concurrency`): submit() returns
+    once the request has started (it waits while n are running) and `done(logits, latency_ms)` is
+    called from the runtime's thread when it completes. This default runs `infer` on n threads:
+    ONNX Runtime sessions and torch modules may be called from several threads at once (both
+    release the GIL while they compute). Runtimes with their own asynchronous machinery override
+    Runner.in_flight (OpenVINO's AsyncInferQueue)."""
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], n: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._infer, self._n, self._slots = infer, n, threading.Semaphore(n)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="in-flight")
+        self.errors: list[BaseException] = []
+
+    def submit(self, batch: np.ndarray, done: Done) -> None:
+        self._slots.acquire()
+        self._pool.submit(self._run, batch, done)
+
+    def _run(self, batch: np.ndarray, done: Done) -> None:
+        try:
+            t0 = time.perf_counter()
+            out = self._infer(batch)
+            done(out, (time.perf_counter() - t0) * 1e3)
+        except BaseException as e:  # raised by drain in the caller's thread
+            self.errors.append(e)
+        finally:
+            self._slots.release()
+
+    def drain(self) -> None:
+        """Block until every submitted request completed; re-raise the first failure."""
+        for _ in range(self._n):
+            self._slots.acquire()
+        for _ in range(self._n):
+            self._slots.release()
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 class Runner(ABC):
     """Runs one model file. `infer` takes float32 NCHW numpy and returns float32 logits; a runner
     that declares `device_tensors` also runs torch tensors already on its device (`infer_device`)."""
@@ -67,6 +114,7 @@ class Runner(ABC):
     # Declared capabilities (callers read these instead of probing for methods):
     device_tensors: ClassVar[bool] = False  # infer_device() takes and returns torch tensors on `device`
     computes_in: ClassVar[str | None] = None  # a precision it computes in whatever the file stores (bf16)
+    max_in_flight: ClassVar[int | None] = None  # requests it can run at once (None: any; see in_flight)
 
     def __init__(self, path: str | os.PathLike, card: ModelCard, batch: BatchRange | None = None, *,
                  threads: int | None = None, precision: str = "fp32", shown: str | None = None) -> None:
@@ -161,6 +209,14 @@ class Runner(ABC):
         out = self.infer_device_impl(x)
         self.check_output(x.shape[0], tuple(out.shape))
         return out
+
+    def in_flight(self, n: int) -> InFlight:
+        """Up to `n` concurrent requests on this active runner (see InFlight; close it after use).
+        A runner that cannot run `n` at once (`max_in_flight`) says why."""
+        self._require_active("in_flight")
+        if self.max_in_flight is not None and n > self.max_in_flight:
+            raise UserError(f"{self.name} runs at most {self.max_in_flight} request(s) at once")
+        return InFlight(self.infer, n)
 
     def deactivate(self) -> None:
         if self.active:

@@ -480,3 +480,117 @@ def test_bad_images_folder_is_one_line_and_nothing_written(case, needle, random_
     assert_user_error(proc, needle)
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not report.exists() and not report.with_suffix(".md").exists()
+
+
+# -- requests in flight -------------------------------------------------------------------------
+class ScriptedFlight:
+    """n servers that each take `service_s` per request, on a scripted clock: submit() waits (moves
+    the clock) until a server is free, as a runtime's queue does."""
+
+    def __init__(self, clock: ScriptedClock, n: int, service_s: float) -> None:
+        self.clock, self.n, self.service_s = clock, n, service_s
+        self.running: list[tuple[float, object]] = []
+
+    def _finish_first(self) -> None:
+        self.running.sort(key=lambda r: r[0])
+        end, done = self.running.pop(0)
+        self.clock.now = max(self.clock.now, end)
+        done(None, self.service_s * 1e3)
+
+    def submit(self, batch, done) -> None:
+        if len(self.running) == self.n:
+            self._finish_first()
+        self.running.append((self.clock.now + self.service_s, done))
+
+    def drain(self) -> None:
+        while self.running:
+            self._finish_first()
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_in_flight_throughput_is_completed_items_per_wall_second(n):
+    from alexnet_deploy.bench.timing import time_in_flight
+
+    clock = ScriptedClock([])
+    flight = ScriptedFlight(clock, n, service_s=1 / 64)
+    timing = time_in_flight(flight, [0], n, warmup_s=0.25, min_duration_s=1.0, min_calls=10, clock=clock)
+    # n servers of 64 requests/s each: n * 64 per wall second, each request's own latency 1/64 s
+    assert timing.throughput(batch=8) == pytest.approx(8 * 64 * n, rel=0.05)
+    assert set(timing.latencies_ms) == {1000 / 64} and timing.stats.count == len(timing.latencies_ms)
+    assert timing.wall_s >= 1.0 and len(timing.latencies_ms) >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner_name", ["onnxruntime-cpu", "openvino"])
+def test_requests_in_flight_all_get_their_own_right_answers(runner_name, random_export):
+    from alexnet_deploy.manifest import Manifest
+    from alexnet_deploy.runtimes import RUNNERS
+
+    cls = RUNNERS[runner_name]
+    if cls.unavailable_reason():
+        pytest.skip(cls.unavailable_reason())
+    manifest = Manifest.read(random_export)
+    artifact = next(a for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32")
+    inputs = [np.random.default_rng(i).standard_normal((2, *manifest.card.input.shape), dtype=np.float32)
+              for i in range(6)]
+    with cls.from_artifact(manifest, artifact, threads=2) as runner:
+        expected = [runner.infer(x) for x in inputs]
+        got: dict[int, np.ndarray] = {}
+        flight = runner.in_flight(3)
+        try:
+            for i, x in enumerate(inputs * 2):  # 12 requests, 3 at a time
+                flight.submit(x, lambda out, ms, i=i: got.__setitem__(i, out))
+            flight.drain()
+        finally:
+            flight.close()
+    assert sorted(got) == list(range(12))
+    for i, out in got.items():
+        np.testing.assert_allclose(out, expected[i % 6], rtol=1e-4, atol=1e-4)
+
+
+def test_a_runner_with_one_execution_context_refuses_more_in_flight():
+    from alexnet_deploy.backends.tensorrt.runner import TensorRTRunner
+    from alexnet_deploy.runtimes import Runner
+
+    assert TensorRTRunner.max_in_flight == 1
+
+    class OneContext(Runner):
+        name, formats, max_in_flight = "one-context", ("onnx",), 1
+
+        def activate_impl(self):
+            pass
+
+        def infer_impl(self, batch):
+            return np.zeros((len(batch), 10), np.float32)
+
+    from alexnet_deploy.models import ModelCard
+
+    with OneContext("unused", ModelCard(arch="alexnet", num_classes=10)) as runner:
+        with pytest.raises(Exception, match="runs at most 1 request"):
+            runner.in_flight(2)
+        runner.in_flight(1).close()
+
+
+@pytest.mark.slow
+def test_benchmark_concurrency_sweep_reports_wall_throughput_and_the_best_n(random_export, tmp_path):
+    report = tmp_path / "bench.json"
+    proc = run_cli("benchmark", random_export, "--backends", "onnxruntime-cpu", "--batch-sizes", "1",
+                   "--warmup-s", "0", "--duration-s", "0.2", "--concurrency", "2,3", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["settings"]["concurrency"] == [1, 2, 3]
+    groups: dict[tuple, list[dict]] = {}
+    for r in data["results"]:
+        groups.setdefault((r["artifact"], r["batch_size"]), []).append(r)
+    for rows in groups.values():
+        assert sorted(r["concurrency"] for r in rows) == [1, 2, 3]
+        best = [r for r in rows if r["best_concurrency"]]
+        assert len(best) == 1 and best[0]["wall_throughput_ips"] == max(r["wall_throughput_ips"] for r in rows)
+        for r in rows:
+            assert r["wall_throughput_ips"] > 0 and r["calls"] >= 10
+            if r["concurrency"] > 1:
+                assert r["stable"] is None and r["efficiency"] == pytest.approx(
+                    r["floor_ms"] * r["wall_throughput_ips"] / (1e3 * r["batch_size"]))
+    assert "wall img/s" in report.with_suffix(".md").read_text()
+    bad = run_cli("benchmark", random_export, "--concurrency", "0")
+    assert_user_error(bad, "--concurrency")

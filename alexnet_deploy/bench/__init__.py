@@ -33,12 +33,12 @@ def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None 
                   report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
                   min_duration_s: float | None = None, min_calls: int = MIN_CALLS,
                   images: str | os.PathLike | None = None, scenarios: Sequence[str] = (),
-                  latency_ms: float | None = None) -> BenchmarkReport:
+                  latency_ms: float | None = None, concurrency: Sequence[int] = (1,)) -> BenchmarkReport:
     """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json)."""
     result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
                        warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
                        min_duration_s=min_duration_s, min_calls=min_calls, images=images,
-                       scenarios=scenarios, latency_ms=latency_ms)
+                       scenarios=scenarios, latency_ms=latency_ms, concurrency=concurrency)
     json_path = Path(report) if report else Path(result.export_dir) / "benchmark.json"
     paths = write_outputs(result, json_path, plot)
     print_table(result)

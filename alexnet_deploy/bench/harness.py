@@ -50,7 +50,12 @@ METHOD = {
                "min_duration_s of timed calls and min_calls calls (the count wins over the cap)",
     "percentiles": PERCENTILE_METHOD + "; cv = population standard deviation / mean, flagged above "
                    f"{CV_WARN:.0%} as trtexec does",
-    "throughput": "batch_size * timed calls / timed seconds: one synchronous stream, no overlap",
+    "throughput": "concurrency 1: batch_size * timed calls / summed call latencies (one synchronous "
+                  "stream; wall_throughput_ips beside it counts the harness too); concurrency N: "
+                  "batch_size * completed requests / wall-clock seconds with N requests kept in flight "
+                  "by the runtime's own machinery (OpenVINO AsyncInferQueue under the THROUGHPUT hint, "
+                  "threads over ONNX Runtime sessions and torch modules), as trtexec and benchmark_app "
+                  "count; its latencies are each request's own, its efficiency floor / wall time per batch",
     "inputs": "random float32 batches made before timing, rotated over several buffers",
     "harness_overhead": "median time of a no-op through the same timing loop; not subtracted",
     "end_to_end": end_to_end.METHOD,
@@ -75,7 +80,7 @@ class BenchResult:
     first_inference_ms: float
     latency_ms: LatencyStats
     throughput_ips: float
-    stable: bool
+    stable: bool | None  # None with several requests in flight (no stability windows)
     windows: list[float]  # median latency (ms) of each timed window
     calls: int
     timed_s: float
@@ -94,10 +99,21 @@ class BenchResult:
     artifact: str = ""  # its path in the export folder
     recommended: bool = False  # the manifest's pick for this precision (`export --target cpu`)
     floor_wrong: bool = False  # efficiency above roofline.FLOOR_WRONG: the floor is not a floor
+    concurrency: int = 1  # requests in flight (1: one synchronous stream)
+    wall_throughput_ips: float | None = None  # items / wall-clock second of the timed run
+    best_concurrency: bool = False  # the sweep's best N for its runner, artifact and batch size
 
     @property
+    def time_per_batch_ms(self) -> float:
+        """What the floor is compared with: one call's median alone; the wall time per batch when
+        several run at once."""
+        if self.concurrency == 1:
+            return self.latency_ms.p50
+        return 1e3 * self.batch_size / self.wall_throughput_ips
+    @property
     def label(self) -> str:
-        return f"{self.backend} ({self.format}, {self.precision})"
+        flight = f", {self.concurrency} in flight" if self.concurrency > 1 else ""
+        return f"{self.backend} ({self.format}, {self.precision}{flight})"
 
 
 @dataclass
@@ -226,6 +242,7 @@ class _RunContext:
     images: list[str] = field(default_factory=list)  # `--images`: timed end to end after the batches
     scenarios: list[str] = field(default_factory=list)  # `--scenario`: LoadGen runs after those
     latency_ms: float | None = None  # the server scenario's p99 budget
+    concurrency: list[int] = field(default_factory=lambda: [1])  # requests in flight, swept
     samples: tuple | None = None  # LoadGen's sample set, loaded at the first scenario
 
     def run_length(self) -> dict[str, Any]:
@@ -272,8 +289,11 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
                 floor_ms=floor, efficiency=floor / stats.p50, floor_basis=basis,
                 inference_precision=reported_precision(runner), artifact=artifact.path, **cuda))
             r = results[-1]
+            r.wall_throughput_ips = batch * r.calls / timing.timed_s
             log.info(f"{r.label} batch {batch}: p50 {stats.p50:.3f} ms, p99 {stats.p99:.3f} ms, "
                     f"{r.throughput_ips:.1f} img/s{'' if r.stable else ' (unstable)'}")
+            for n in (c for c in ctx.concurrency if c > 1):
+                _bench_in_flight(ctx, runner, r, inputs, n, report)
         if ctx.images and lo <= 1:
             e2e = end_to_end.time_end_to_end(runner, artifact, ctx.manifest.card, ctx.images, ctx.run_length())
             report.end_to_end.append(e2e)
@@ -283,6 +303,43 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
             report.scenarios.append(_run_scenario(ctx, runner, artifact, scenario, report))
     finally:
         runner.deactivate()
+
+
+def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs: list[np.ndarray], n: int,
+                     report: BenchmarkReport) -> None:
+    """`sync`'s runner and batch again with n requests in flight, through the runtime's own machinery."""
+    from dataclasses import replace
+
+    from alexnet_deploy.bench.timing import time_in_flight
+
+    try:
+        flight = runner.in_flight(n)
+    except UserError as e:
+        report.skipped.append(Skip(sync.backend, sync.format, sync.precision, f"concurrency {n}: {e}",
+                                   sync.batch_size))
+        return
+    try:
+        timing = time_in_flight(flight, inputs, n, **ctx.run_length())
+    finally:
+        flight.close()
+    wall = timing.throughput(sync.batch_size)
+    r = replace(sync, concurrency=n, latency_ms=timing.stats, throughput_ips=wall, wall_throughput_ips=wall,
+                stable=None, windows=[], calls=len(timing.latencies_ms), timed_s=round(timing.wall_s, 3),
+                peak_rss_mb=round(ctx.memory.peak_mb(), 1))
+    r.efficiency = r.floor_ms / r.time_per_batch_ms
+    report.results.append(r)
+    log.info(f"{runner.label} batch {r.batch_size}, {n} in flight: {wall:.1f} img/s, p99 {r.latency_ms.p99:.3f} ms")
+
+
+def mark_best_concurrency(results: list[BenchResult]) -> None:
+    """Per runner, artifact and batch size swept over several concurrencies: the one with the most
+    images per wall-clock second."""
+    groups: dict[tuple, list[BenchResult]] = {}
+    for r in results:
+        groups.setdefault((r.backend, r.artifact, r.precision, r.batch_size), []).append(r)
+    for rows in groups.values():
+        if len(rows) > 1:
+            max(rows, key=lambda r: r.wall_throughput_ips or 0.0).best_concurrency = True
 
 
 def _run_scenario(ctx: _RunContext, runner: Runner, artifact: Artifact, scenario: str,
@@ -337,13 +394,16 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
               duration_s: float = 10.0, threads: int | None = None, device: str | None = None,
               only: Callable[[Any], bool] | None = None, min_duration_s: float | None = None,
               min_calls: int = MIN_CALLS, images: str | os.PathLike | None = None,
-              scenarios: Sequence[str] = (), latency_ms: float | None = None) -> BenchmarkReport:
+              scenarios: Sequence[str] = (), latency_ms: float | None = None,
+              concurrency: Sequence[int] = (1,)) -> BenchmarkReport:
     """Time every available runner on every batch size; see METHOD and roofline.FORMULA.
     `duration_s` caps each timing; `min_duration_s` (default: MIN_DURATION_S, or duration_s when
     that is shorter) and `min_calls` are what each must reach first. `images`: a folder whose
     files each runner also classifies one per call, decode and preprocessing timed apart.
     `scenarios`: MLPerf LoadGen scenarios run on each runner (see bench/loadgen.py); the server
-    scenario searches the highest rate whose p99 stays within `latency_ms`."""
+    scenario searches the highest rate whose p99 stays within `latency_ms`. `concurrency`: numbers
+    of requests kept in flight (each runtime's own machinery, wall-clock throughput); the
+    synchronous stream (1) always runs, as the baseline."""
     import torch
 
     from alexnet_deploy.bench import roofline
@@ -361,6 +421,8 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         raise UserError(f"--min-calls must be >= 1, got {min_calls}")
     image_paths = end_to_end.image_paths(images) if images is not None else []
     loadgen.check_scenarios(list(scenarios), latency_ms)
+    if any(n < 1 for n in concurrency):
+        raise UserError(f"--concurrency must be >= 1, got {list(concurrency)}")
     manifest = Manifest.read(export_dir)
     plan, skips = plan_runs(manifest, backends, device, only)
     check_integrity(manifest, [c.artifact for c in plan])
@@ -377,7 +439,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         ctx = _RunContext(
             manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
             duration_s=duration_s, min_duration_s=min_duration_s, min_calls=min_calls, images=image_paths,
-            scenarios=list(scenarios), latency_ms=latency_ms,
+            scenarios=list(scenarios), latency_ms=latency_ms, concurrency=sorted({1, *concurrency}),
             threads=threads, cost=cost, memory=PeakMemory(),
             roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan), weights))
         report = BenchmarkReport(
@@ -387,6 +449,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
                       "min_duration_s": min_duration_s, "min_calls": min_calls,
                       "images": str(images) if images is not None else None,
                       "scenarios": list(scenarios), "latency_ms": latency_ms,
+                      "concurrency": sorted({1, *concurrency}),
                       "threads": threads, "device": device, "backends": list(backends or [])},
             roofline={**ctx.roofline, "model_macs": ctx.cost.macs, "model_params": ctx.cost.params,
                       "model_input": card.input.crop},
@@ -408,6 +471,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         why = "; ".join(f"{s.backend}: {s.reason}" for s in report.skipped)
         raise UserError(f"no backend produced a result ({why})")
     mark_recommended(report.results, manifest.recommended)
+    mark_best_concurrency(report.results)
     report.machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
         else None
     return report
@@ -424,7 +488,7 @@ def _final_floors(ctx: _RunContext, report: BenchmarkReport, weights: dict[str, 
     for r in report.results:
         if r.device == "cpu":
             r.floor_ms, r.floor_basis = roofline.floor_ms(ctx.cost, r.batch_size, r.precision, ctx.roofline)
-            r.efficiency = r.floor_ms / r.latency_ms.p50
+            r.efficiency = r.floor_ms / r.time_per_batch_ms
         r.floor_wrong = r.efficiency > roofline.FLOOR_WRONG
     wrong = [f"{r.label} batch {r.batch_size} ({r.efficiency:.0%})" for r in report.results if r.floor_wrong]
     if wrong:

@@ -11,8 +11,8 @@ from alexnet_deploy.bench.harness import BenchmarkReport, BenchResult
 from alexnet_deploy.bench.loadgen import ScenarioResult
 from alexnet_deploy.report import markdown_table
 
-HEADERS = ("backend", "format", "precision", "batch", "p50 ms", "p99 ms", "p99.9 ms", "cv", "calls", "img/s",
-           "stable", "load s", "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
+HEADERS = ("backend", "format", "precision", "batch", "in flight", "p50 ms", "p99 ms", "p99.9 ms", "cv", "calls",
+           "img/s", "wall img/s", "stable", "load s", "first ms", "peak RSS MB (+runner)", "floor ms", "efficiency")
 NOISY_MARK = "!"
 SCENARIO_HEADERS = ("scenario", "backend", "format", "precision", "result", "metric", "p50 ms", "p99 ms",
                     "top-1", "LoadGen")
@@ -32,8 +32,11 @@ def _row(r: BenchResult) -> list:
     backend = f"{r.backend} {RECOMMENDED_MARK}" if r.recommended else r.backend
     lat = r.latency_ms
     cv = f"{lat.cv:.1%}{' ' + NOISY_MARK if lat.noisy else ''}"
-    return [backend, r.format, r.precision, r.batch_size, f"{lat.p50:.3f}", f"{lat.p99:.3f}", f"{lat.p99_9:.3f}",
-            cv, lat.count, f"{r.throughput_ips:.1f}", "yes" if r.stable else "NO", f"{r.load_s:.2f}",
+    flight = f"{r.concurrency}{' best' if r.best_concurrency else ''}"
+    wall = "" if r.wall_throughput_ips is None else f"{r.wall_throughput_ips:.1f}"
+    stable = "n/a" if r.stable is None else "yes" if r.stable else "NO"
+    return [backend, r.format, r.precision, r.batch_size, flight, f"{lat.p50:.3f}", f"{lat.p99:.3f}",
+            f"{lat.p99_9:.3f}", cv, lat.count, f"{r.throughput_ips:.1f}", wall, stable, f"{r.load_s:.2f}",
             f"{r.first_inference_ms:.1f}", f"{r.peak_rss_mb:.0f} (+{own:.0f})", f"{r.floor_ms:.3f}",
             f"{r.efficiency:.1%}" + (" floor wrong" if r.floor_wrong else "")]
 

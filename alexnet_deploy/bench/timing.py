@@ -125,6 +125,56 @@ def time_calls(call: Callable[[Any], object], inputs: Sequence[Any], warmup_s: f
     return Timing(samples, medians, stable, clock() - timed_start)
 
 
+@dataclass
+class InFlightTiming:
+    """Requests kept `concurrency` deep: each one's own latency, and the wall clock over all."""
+
+    concurrency: int
+    latencies_ms: list[float]
+    wall_s: float  # first timed submit to the last completion
+    stats: LatencyStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = LatencyStats.of(self.latencies_ms)
+
+    def throughput(self, batch: int) -> float:
+        """Items per wall-clock second, as trtexec and benchmark_app count them."""
+        return batch * len(self.latencies_ms) / self.wall_s
+
+
+def time_in_flight(flight: Any, inputs: Sequence[Any], concurrency: int, warmup_s: float,
+                   min_duration_s: float = 0.0, min_calls: int = 0, clock: Clock = time.perf_counter,
+                   **_: Any) -> InFlightTiming:
+    """Keep `concurrency` requests in flight on `flight` (runtimes.InFlight; the caller closes it):
+    warm up for `warmup_s`, drain, then submit until `min_duration_s` passed and at least
+    `min_calls` (and `concurrency`) requests went in, drain again. No stability windows: with several
+    requests in flight one call's time is not the measure, so the minimums set the run's length."""
+    import threading
+
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def record(_out: Any, latency_ms: float) -> None:
+        with lock:
+            latencies.append(latency_ms)
+
+    n, i, start = len(inputs), 0, clock()
+    while clock() - start < warmup_s:
+        flight.submit(inputs[i % n], lambda _o, _l: None)
+        i += 1
+    flight.drain()
+    t0, submitted = clock(), 0
+    while True:
+        elapsed = clock() - t0
+        if submitted >= max(min_calls, concurrency) and elapsed >= min_duration_s:
+            break
+        flight.submit(inputs[i % n], record)
+        i += 1
+        submitted += 1
+    flight.drain()
+    return InFlightTiming(concurrency, latencies, clock() - t0)
+
+
 def harness_overhead_us(duration_s: float = 0.2) -> float:
     """Median cost of one timed call of a no-op through the same loop (clock reads, rotation)."""
     timing = time_calls(lambda x: None, [None] * 4, warmup_s=0.02, duration_s=duration_s,

@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.runtimes import Runner
+from alexnet_deploy.runtimes import InFlight, Runner
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -60,8 +60,48 @@ class OpenVinoRunner(Runner):
         self._request.infer({0: batch})
         return self._request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
+    def in_flight(self, n: int) -> InFlight:
+        """OpenVINO's own machinery: an AsyncInferQueue of n requests on the model compiled again
+        with the THROUGHPUT hint for n requests (its streams split the threads between them)."""
+        import openvino as ov
+
+        self._require_active("in_flight")
+        config = {**self.compile_config(), "PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": n}
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(self.path)), self.ov_device, config)
+        return _AsyncQueue(ov.AsyncInferQueue(compiled, n), self)
+
     def deactivate_impl(self) -> None:
         self._request = self._compiled = None
+
+
+class _AsyncQueue(InFlight):
+    """InFlight over an AsyncInferQueue: start_async waits for an idle request; the callback runs
+    on OpenVINO's thread with the request's own latency."""
+
+    def __init__(self, queue, runner: OpenVinoRunner) -> None:
+        self._queue, self._runner, self.errors = queue, runner, []
+        queue.set_callback(self._done)
+
+    def submit(self, batch: np.ndarray, done) -> None:
+        self._runner.check_input(batch)
+        self._queue.start_async({0: batch}, userdata=done)
+
+    def _done(self, request, done) -> None:
+        try:
+            out = request.get_output_tensor(0).data.copy()
+            self._runner.check_output(out.shape[0], out.shape)
+            done(out, request.latency)
+        except BaseException as e:
+            self.errors.append(e)
+
+    def drain(self) -> None:
+        self._queue.wait_all()
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self) -> None:
+        self._queue = None
 
 
 class OpenVinoBf16Runner(OpenVinoRunner):

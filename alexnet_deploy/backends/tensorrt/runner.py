@@ -23,6 +23,7 @@ _TORCH_DTYPES = ("float32", "float16", "bfloat16", "int8", "int32", "int64", "bo
 class TensorRTRunner(Runner):
     name = "tensorrt"
     formats = ("tensorrt",)
+    max_in_flight = 1  # one execution context; concurrent requests need one context each
     device = "cuda"
     device_tensors = True  # the engine reads and writes torch CUDA tensors
 
