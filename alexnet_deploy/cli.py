@@ -274,7 +274,10 @@ def export(weights, out, formats, target, **kwargs):
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Intra-op threads while timing [default: physical cores].")
-def recommend(export_dir, threads):
+@click.option("--latency-ms", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Also answer: which candidate, at which batch size, gives the most images/s with "
+                   "p99 within this budget (and why each other one lost).")
+def recommend(export_dir, threads, latency_ms):
     """Time every checked runner x artifact of EXPORT_DIR on this machine and record the fastest per
     precision (fp32, bf16, int8) in its manifest's `recommended` section (`benchmark` marks them).
 
@@ -282,7 +285,7 @@ def recommend(export_dir, threads):
     timing is brief (a choice between runtimes, not a published figure: use `benchmark` for that)."""
     from alexnet_deploy.bench.recommend import recommend_export
 
-    recommend_export(export_dir, threads=threads, show=True)
+    recommend_export(export_dir, threads=threads, show=True, latency_ms=latency_ms)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ which `benchmark` marks. No wall-clock figure is asserted: timings depend on the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -32,7 +33,7 @@ def recommended_dir(exported_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("recommend") / "export"
     shutil.copytree(exported_dir, out)
-    recommend_export(out, warmup_s=0.02, duration_s=0.05)
+    recommend_export(out, warmup_s=0.02, duration_s=0.05, latency_ms=100000)
     return out
 
 
@@ -177,3 +178,50 @@ def test_recommend_refuses_a_read_only_export_before_timing(exported_dir, tmp_pa
 def test_export_target_rejects_unknown_targets(random_weights, tmp_path):
     proc = run_cli("export", random_weights, "--out", tmp_path / "x", "--formats", "onnx", "--target", "gpu")
     assert_user_error(proc, "--target")
+
+
+def _timed(backend, artifact, batch, p99_ms, ips):
+    from alexnet_deploy.bench.harness import BenchResult
+    from alexnet_deploy.bench.timing import LatencyStats
+
+    return BenchResult(backend=backend, format="onnx", precision="fp32", device="cpu", batch_size=batch, threads=2,
+                       load_s=0, first_inference_ms=0, latency_ms=LatencyStats.of([p99_ms] * 4),
+                       throughput_ips=ips, stable=True, windows=[], calls=4, timed_s=1, peak_rss_mb=0,
+                       rss_before_load_mb=0, input_buffers_mb=0, floor_ms=1, efficiency=0.5, floor_basis="",
+                       artifact=artifact, wall_throughput_ips=ips)
+
+
+def test_a_latency_budget_picks_the_most_images_per_second_within_it_and_says_why_the_rest_lost():
+    from alexnet_deploy.bench.recommend import budget_pick
+
+    results = [
+        _timed("openvino", "a.xml", 1, 4.0, 250.0), _timed("openvino", "a.xml", 32, 60.0, 900.0),  # b32 over
+        _timed("onnxruntime-cpu", "b.onnx", 1, 5.0, 200.0), _timed("onnxruntime-cpu", "b.onnx", 32, 9.5, 400.0),
+        _timed("torch-eager", "w.safetensors", 1, 12.0, 80.0), _timed("torch-eager", "w.safetensors", 32, 90.0, 350.0),
+    ]
+    checks = {"openvino|c.int8.xml|int8": {"failures": ["top-1 agreement 0.80 < 0.95"]}}
+    budget = budget_pick(results, checks, latency_ms=10)
+    assert budget["pick"] == {"runner": "onnxruntime-cpu", "artifact": "b.onnx", "precision": "fp32", "batch": 32,
+                              "p99_ms": 9.5, "images_per_s": 400.0}
+    why = {r["artifact"]: r["lost_because"] for r in budget["runners_up"]}
+    assert why["a.xml"] == "250.0 images/s at batch 1, 62% of the pick's"  # its faster batch 32 is over budget
+    assert why["w.safetensors"] == "p99 12.0 ms > 10 ms even at batch 1"
+    assert why["c.int8.xml"] == "failed its check: top-1 agreement 0.80 < 0.95"
+    none = budget_pick(results, {}, latency_ms=1)
+    assert none["pick"] is None and "within 1 ms" in none["none_because"] and len(none["runners_up"]) == 3
+
+
+def test_recommend_with_a_latency_budget_names_one_artifact_to_ship(recommended_dir, capsys):
+    from alexnet_deploy.bench.recommend import print_recommended
+
+    section = json.loads((recommended_dir / "manifest.json").read_text())["recommended"]
+    budget = section["budget"]
+    pick = budget["pick"]
+    assert budget["latency_ms"] == 100000 and pick["p99_ms"] <= 100000
+    timed = {(c["runner"], c["artifact"]) for c in section["candidates"]}
+    assert (pick["runner"], pick["artifact"]) in timed
+    assert all(r["lost_because"] for r in budget["runners_up"])
+    print_recommended(section)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"for p99 <= 100000 ms ship {pick['runner']} {pick['artifact']}" in shown
+    assert_user_error(run_cli("recommend", recommended_dir, "--latency-ms", "0"), "--latency-ms")

@@ -33,14 +33,18 @@ BASELINE = "torch-eager"
 
 
 def recommend(manifest: Manifest, eager: Eager, target: str = "cpu", threads: int | None = None,
-              warmup_s: float = WARMUP_S, duration_s: float = DURATION_S) -> dict[str, Any]:
+              warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
+              latency_ms: float | None = None) -> dict[str, Any]:
     """Check and time the candidates of `manifest` (read from `manifest.root`) for `target`
     against `eager` (the export's weights); returns the `recommended` section (also stored on the
-    manifest; the caller writes it)."""
+    manifest; the caller writes it). With `latency_ms`, the section's `budget` answers "what do I
+    ship for this p99": see budget_pick."""
     from alexnet_deploy.bench import benchmark
     from alexnet_deploy.runtimes import runners_for
 
     check_target(target)
+    if latency_ms is not None and not latency_ms > 0:
+        raise UserError(f"--latency-ms must be > 0, got {latency_ms:g}")
     choices = [c for c in runners_for(manifest) if c.available and c.artifact.precision in PRECISIONS
                and c.runner_cls.device == target]
     checks = {_key(c.runner, c.artifact.path, c.artifact.precision): _check(manifest, c, eager)
@@ -53,6 +57,8 @@ def recommend(manifest: Manifest, eager: Eager, target: str = "cpu", threads: in
                        min_duration_s=min(MIN_DURATION_S, duration_s), threads=threads, device=target,
                        only=lambda c: _key(c.runner, c.artifact.path, c.artifact.precision) in passed)
     section = summarise(report, checks, sizes, target)
+    if latency_ms is not None:
+        section["budget"] = budget_pick(report.results, checks, latency_ms)
     manifest.recommended = section
     return section
 
@@ -60,7 +66,7 @@ def recommend(manifest: Manifest, eager: Eager, target: str = "cpu", threads: in
 def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads: int | None = None,
                      warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
                      calib_data: str | os.PathLike | None = None, calib_images: int = 256,
-                     show: bool = False) -> dict[str, Any]:
+                     show: bool = False, latency_ms: float | None = None) -> dict[str, Any]:
     """Recommend for an export folder (just exported, or copied to another machine): the checks
     compare with eager on the export's own copy of the weights (int8 on held-out images of
     `calib_data`, default the card's val data); the manifest is rewritten in place. `show`: say
@@ -76,7 +82,7 @@ def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads
     eager = Eager(model=reference_model(manifest), card=manifest.card,
                   calib_data=resolve_calib_data(manifest.card, calib_data), calib_images=calib_images)
     log.info(f"timing the {target} candidates of {manifest.root} ...")
-    section = recommend(manifest, eager, target, threads, warmup_s, duration_s)
+    section = recommend(manifest, eager, target, threads, warmup_s, duration_s, latency_ms)
     manifest.write(manifest.root)
     if show:
         print_recommended(section)
@@ -144,6 +150,42 @@ def summarise(report, checks: dict[str, dict], sizes: list[int], target: str) ->
             "candidates": sorted(rows.values(), key=lambda v: (v["precision"], _score(v, base)))}
 
 
+def budget_pick(results: list, checks: dict[str, dict], latency_ms: float) -> dict[str, Any]:
+    """Among the timed candidates (each passed its check), at any timed batch size, the one with
+    the most images per second whose p99 stays within `latency_ms`; every other candidate is a
+    runner-up with why it lost (over the budget at every batch size, or slower), and every candidate
+    that failed its check is listed with its failures."""
+    best: dict[str, Any] = {}  # per candidate: its fastest row within budget, else its lowest p99
+    for r in results:
+        if r.concurrency != 1:
+            continue
+        key = _key(r.backend, r.artifact, r.precision)
+        row = {"runner": r.backend, "artifact": r.artifact, "precision": r.precision, "batch": r.batch_size,
+               "p99_ms": round(r.latency_ms.p99, 3), "images_per_s": round(r.wall_throughput_ips or r.throughput_ips, 1),
+               "within": r.latency_ms.p99 <= latency_ms}
+        old = best.get(key)
+        if old is None or (row["within"], row["images_per_s"] if row["within"] else -row["p99_ms"]) > \
+                (old["within"], old["images_per_s"] if old["within"] else -old["p99_ms"]):
+            best[key] = row
+    within = sorted((v for v in best.values() if v["within"]), key=lambda v: -v["images_per_s"])
+    pick = within[0] if within else None
+    runners_up = []
+    for v in sorted(best.values(), key=lambda v: (not v["within"], -v["images_per_s"])):
+        if v is pick:
+            continue
+        why = (f"{v['images_per_s']} images/s at batch {v['batch']}, {v['images_per_s'] / pick['images_per_s']:.0%} "
+               "of the pick's" if v["within"] else
+               f"p99 {v['p99_ms']} ms > {latency_ms:g} ms even at batch {v['batch']}")
+        runners_up.append({**{k: v[k] for k in ("runner", "artifact", "precision", "batch", "p99_ms",
+                                                "images_per_s")}, "lost_because": why})
+    runners_up += [{"runner": k.split("|")[0], "artifact": k.split("|")[1], "precision": k.split("|")[2],
+                    "lost_because": "failed its check: " + "; ".join(c["failures"])}
+                   for k, c in checks.items() if c.get("failures")]
+    return {"latency_ms": latency_ms, "pick": pick and {k: pick[k] for k in pick if k != "within"},
+            "none_because": None if pick else f"no candidate's p99 is within {latency_ms:g} ms at any timed "
+                                              "batch size", "runners_up": runners_up}
+
+
 def _score(row: dict[str, Any], base: dict[str, Any] | None) -> float:
     ratios = row.get("ratio_to_torch_eager_fp32") if base else None
     values = list((ratios or row["p50_ms"]).values())
@@ -189,3 +231,20 @@ def print_recommended(section: dict[str, Any]) -> None:
     console.print(table)
     for p, why in section["missing"].items():
         console.print(escape(f"no {p} recommendation: {why}"), highlight=False)
+    if "budget" in section:
+        _print_budget(console, section["budget"])
+
+
+def _print_budget(console, budget: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    pick, limit = budget["pick"], budget["latency_ms"]
+    if pick is None:
+        console.print(escape(f"for p99 <= {limit:g} ms: nothing to ship ({budget['none_because']})"), highlight=False)
+    else:
+        console.print(escape(f"for p99 <= {limit:g} ms ship {pick['runner']} {pick['artifact']} ({pick['precision']}) "
+                             f"at batch {pick['batch']}: {pick['images_per_s']} images/s, p99 {pick['p99_ms']} ms"),
+                      highlight=False)
+    for r in budget["runners_up"]:
+        console.print(escape(f"  {r['runner']} {r['artifact']} ({r['precision']}): {r['lost_because']}"),
+                      highlight=False)
