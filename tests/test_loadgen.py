@@ -107,3 +107,12 @@ def test_the_cli_report_holds_the_scenarios(tiny_export, tmp_path):
     data = json.loads(out.read_text())
     assert {s["scenario"] for s in data["scenarios"]} == {"offline"} and data["settings"]["scenarios"] == ["offline"]
     assert "## MLPerf LoadGen scenarios" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_a_budget_below_one_samples_time_is_refused_without_a_search(tiny_export):
+    report = ad.benchmark(tiny_export, [1], backends=["onnxruntime-cpu"], warmup_s=0, duration_s=0.2,
+                          scenarios=["server"], latency_ms=1e-4)
+    for r in report.scenarios:
+        assert not r.valid and r.runs == [] and r.headline == 0
+        assert "no rate meets it" in r.why_invalid[0] and "0.0001 ms budget" in r.why_invalid[0]
