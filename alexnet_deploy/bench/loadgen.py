@@ -24,6 +24,7 @@ SCENARIOS = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "se
              "offline": "Offline"}
 MULTI_STREAM_SAMPLES = 8  # samples per query, as MLPerf's edge rules
 SERVER_SEARCH_RUNS = 6  # LoadGen runs spent searching the server rate
+SCHEDULE_MARGIN = 4  # how much faster than the probe a run may turn out and still fill its minimum duration
 MIN_BUSY = 0.1  # the server search gives up below a rate that keeps the runner this busy
 # Fewer queries than this and LoadGen's early-stopping rule cannot pass, so the run would be INVALID
 # whatever the latencies (its summary says how many it needs: about 64 for single-stream's p90, 662
@@ -119,9 +120,11 @@ def _settings(scenario: str, mode: str, duration_s: float, min_queries: int, exp
     s.mode = getattr(lg.TestMode, mode)
     s.min_duration_ms = int(duration_s * 1000)
     s.min_query_count = max(min_queries, EARLY_STOPPING_QUERIES[scenario] if mode == "PerformanceOnly" else 1)
-    s.single_stream_expected_latency_ns = int(expected_ms * 1e6)
+    # LoadGen schedules min_duration / expected latency queries: an expectation measured slow (a busy
+    # probe) would end the run before its minimum duration, so it is understated (the run only lengthens)
+    s.single_stream_expected_latency_ns = int(expected_ms / SCHEDULE_MARGIN * 1e6)
     s.multi_stream_samples_per_query = MULTI_STREAM_SAMPLES
-    s.multi_stream_expected_latency_ns = int(expected_ms * MULTI_STREAM_SAMPLES * 1e6)
+    s.multi_stream_expected_latency_ns = int(expected_ms * MULTI_STREAM_SAMPLES / SCHEDULE_MARGIN * 1e6)
     s.offline_expected_qps = qps or 1e3 / expected_ms
     if qps is not None and scenario == "server":
         s.server_target_qps = qps
