@@ -439,7 +439,9 @@ def preprocess_paths(paths: list[str], transform, shape) -> np.ndarray:
     """Image files -> one float32 NCHW batch (shape (0, *shape) for none)."""
     if not paths:
         return np.zeros((0, *shape), np.float32)
-    return np.stack([apply_transform(transform, load_image(p), p).numpy() for p in paths]).astype(np.float32)
+    # C order: the transforms leave channels-last tensors, and np.stack keeps their layout
+    return np.ascontiguousarray(np.stack([apply_transform(transform, load_image(p), p).numpy() for p in paths]),
+                                dtype=np.float32)
 
 
 def load_labelled(root: str | os.PathLike, card, limit: int | None = None, split: str = "val",

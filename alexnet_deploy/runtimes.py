@@ -193,7 +193,9 @@ class Runner(ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self._require_active("infer")
         self.check_input(batch)
-        out = np.asarray(self.infer_impl(batch), dtype=np.float32)
+        # Compiled artifacts (AOTInductor) read the buffer as C-order NCHW whatever its strides say:
+        # a channels-last batch (torchvision's resize leaves one) would be silently misread.
+        out = np.asarray(self.infer_impl(np.ascontiguousarray(batch)), dtype=np.float32)
         self.check_output(batch.shape[0], out.shape)
         return out
 

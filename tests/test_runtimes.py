@@ -62,6 +62,16 @@ def test_runner_matches_eager_at_batch_1_3_and_max(name, manifest, reference):
                 else:  # int8 has no elementwise limit; batching must still not change a row
                     row = runner.infer(np.ascontiguousarray(x[n - 1:n]))
                     np.testing.assert_allclose(y[n - 1:n], row, atol=1e-3, rtol=1e-2)
+            # the same batch held channels-last in memory (as torchvision's transforms leave images):
+            # the same answer, never a misread buffer
+            channels_last = np.ascontiguousarray(x[:n].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            assert not channels_last.flags.c_contiguous
+            np.testing.assert_allclose(runner.infer(channels_last), y, atol=1e-5, rtol=1e-5,
+                                       err_msg=f"{name} {art.key}: a channels-last batch")
+            if runner.device_tensors:
+                on_device = runner.infer_device(torch.from_numpy(channels_last).to(runner.device))
+                np.testing.assert_allclose(on_device.float().cpu().numpy(), y, atol=1e-5, rtol=1e-5,
+                                           err_msg=f"{name} {art.key}: a channels-last device tensor")
 
 
 def test_every_cpu_runner_is_registered_and_available_here():

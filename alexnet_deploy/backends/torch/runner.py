@@ -57,7 +57,7 @@ class TorchRunner(Runner):
         import torch
 
         with torch.inference_mode():
-            return self._module(x)
+            return self._module(x.contiguous())  # AOTInductor ignores strides (see Runner.infer)
 
     def deactivate_impl(self) -> None:
         self._module = None
