@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test lint install clean
+# What the C++ programs in export/cpp need beyond the Python environment (Debian package names).
+CPP_DEBS := cmake g++ nlohmann-json3-dev libjpeg62-turbo-dev libpng-dev libstb-dev
+
+.PHONY: demo test lint install cpp-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +21,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Installs the missing packages when it can (root with apt-get); otherwise says which command to
+# run, and the C++ tests fail naming what CMake did not find.
+cpp-deps:
+	@missing=""; for p in $(CPP_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing the C++ programs' packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) \
+	    || { echo "apt-get install$$missing failed"; exit 1; }; \
+	else \
+	  echo "the C++ programs need:$$missing; run: sudo apt-get install$$missing"; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/alexnet-deploy pipeline --out $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) cpp-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

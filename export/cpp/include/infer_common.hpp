@@ -23,33 +23,20 @@
 #include <string>
 #include <vector>
 
-#include "mini_json.hpp"
+#include "image_preprocess.hpp"
+#include "model_card.hpp"
 #include "npy.hpp"
 
 namespace alexnet {
 
 namespace fs = std::filesystem;
 
-// A problem with what the user passed (arguments, files, shapes): exit 2.
-class UsageError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 struct Options {
-  std::string model, input, classes_file, dump_logits;
+  std::string model, classes_file, dump_logits, dump_input;
+  std::vector<std::string> inputs;  // image files, or one float32 .npy batch
   std::string device;  // runtime-specific device name; each program documents its choices
   int top = 5, repeat = 10, warmup = 1, threads = 0;
   bool quiet = false;  // no per-image lines (for scripts that only want --dump-logits)
-};
-
-// The model card: travels with every export (manifest.json, ONNX metadata_props, ...).
-struct Card {
-  std::vector<std::string> classes;
-  std::vector<double> mean, std;
-  std::vector<int64_t> chw;  // expected C, H, W; empty when unknown
-  int64_t max_batch = 0;     // 0 when unknown
-  std::string source;        // where the card was read from, for the log
 };
 
 // What each program implements for its runtime.
@@ -76,19 +63,21 @@ struct Program {
 // ---------------------------------------------------------------------------------------------
 inline std::string usage(const Program& p) {
   std::ostringstream o;
-  o << "usage: " << p.name << " MODEL INPUT.npy [options]\n\n"
+  o << "usage: " << p.name << " MODEL INPUT... [options]\n\n"
     << p.summary << "\n\n"
     << "  MODEL                 " << p.model_help << "\n"
-    << "  INPUT.npy             float32 NCHW batch, C-order (alexnet-deploy preprocess IMAGE... --card DIR --out INPUT.npy)\n\n"
+    << "  INPUT...              image files (JPEG, PNG, BMP), one batch, preprocessed in C++ as the model card\n"
+    << "                        says; or one float32 NCHW .npy batch (alexnet-deploy preprocess ... --out x.npy)\n\n"
     << "options:\n"
     << "  --classes FILE        class names, one per line [default: the card in the artifact or manifest.json]\n"
     << "  --top K               classes printed per image [default: 5]\n"
-    << "  --repeat N            timed runs of the batch [default: 10]\n"
+    << "  --repeat N            timed runs of the batch, and of decoding and preprocessing its images [default: 10]\n"
     << "  --warmup N            untimed runs before timing, at least the first run [default: 1]\n"
     << "  --threads N           intra-op CPU threads [default: the runtime's choice]\n";
   if (p.device_help) o << "  --device D            " << p.device_help << " [default: " << p.default_device << "]\n";
-  o << "  --dump-logits OUT.npy write the raw logits (float32, N x classes)\n"
-    << "  --quiet               print only the timing line\n"
+  o << "  --dump-input OUT.npy  write the preprocessed batch (float32, N x C x H x W)\n"
+    << "  --dump-logits OUT.npy write the raw logits (float32, N x classes)\n"
+    << "  --quiet               print only the timing lines\n"
     << "  -h, --help            show this help\n\n"
     << "exit status: 0 ok, 1 the model could not be loaded or run, 2 bad arguments or input\n";
   return o.str();
@@ -102,6 +91,20 @@ inline int parse_int(const std::string& flag, const std::string& text, int min) 
   } catch (const std::logic_error&) {
   }
   throw UsageError(flag + " needs an integer >= " + std::to_string(min) + ", got '" + text + "'");
+}
+
+inline bool is_npy(const std::string& path) { return fs::path(path).extension() == ".npy"; }
+
+// An output path must name a .npy file in a folder that exists, and not be an input.
+inline void check_output(const std::string& flag, const std::string& path, const Options& o) {
+  if (path.empty()) return;
+  if (!is_npy(path)) throw UsageError(flag + " must end in .npy, got " + path);
+  const fs::path parent = fs::absolute(path).parent_path();
+  if (!fs::is_directory(parent)) throw UsageError(flag + ": folder " + parent.string() + " does not exist");
+  if (fs::is_directory(path)) throw UsageError(flag + " " + path + " is a folder; give a file name");
+  std::error_code missing;  // a file that does not exist yet is equivalent to nothing
+  for (const auto& in : o.inputs)
+    if (fs::equivalent(in, path, missing)) throw UsageError(flag + " " + path + " would overwrite an input");
 }
 
 // Returns nullopt when --help was asked for (usage already printed).
@@ -132,6 +135,8 @@ inline std::optional<Options> parse_args(int argc, char** argv, const Program& p
       o.device = next();
     } else if (a == "--dump-logits") {
       o.dump_logits = next();
+    } else if (a == "--dump-input") {
+      o.dump_input = next();
     } else if (a == "--quiet") {
       o.quiet = true;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -140,118 +145,29 @@ inline std::optional<Options> parse_args(int argc, char** argv, const Program& p
       positional.push_back(a);
     }
   }
-  if (positional.size() != 2)
-    throw UsageError(std::string("expected MODEL and INPUT.npy, got ") + std::to_string(positional.size()) +
-                     " arguments (see " + p.name + " --help)");
+  if (positional.size() < 2)
+    throw UsageError(std::string("expected MODEL and at least one INPUT (image files or one .npy batch), got ") +
+                     std::to_string(positional.size()) + " arguments (see " + p.name + " --help)");
   o.model = positional[0];
-  o.input = positional[1];
+  o.inputs.assign(positional.begin() + 1, positional.end());
   if (!fs::exists(o.model)) throw UsageError("model not found: " + o.model);
-  if (!fs::is_regular_file(o.input)) throw UsageError("input not found: " + o.input);
+  for (const auto& in : o.inputs)
+    if (!fs::is_regular_file(in)) throw UsageError("input not found: " + in);
+  const auto npys = std::count_if(o.inputs.begin(), o.inputs.end(), is_npy);
+  if (npys > 0 && o.inputs.size() > 1)
+    throw UsageError("give one .npy batch or image files, not both and not several .npy files");
   if (!o.classes_file.empty() && !fs::is_regular_file(o.classes_file))
     throw UsageError("--classes file not found: " + o.classes_file);
+  check_output("--dump-logits", o.dump_logits, o);
+  check_output("--dump-input", o.dump_input, o);
+  if (!o.dump_logits.empty() && !o.dump_input.empty() && fs::absolute(o.dump_logits) == fs::absolute(o.dump_input))
+    throw UsageError("--dump-input and --dump-logits name the same file");
   return o;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Model card
+// Model card (read in model_card.hpp): precedence and --classes
 // ---------------------------------------------------------------------------------------------
-inline std::string read_text(const fs::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw UsageError("cannot read " + path.string());
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-inline std::vector<double> json_numbers(const mini_json::Value* v) {
-  std::vector<double> out;
-  if (v && v->is(mini_json::Value::Kind::Array))
-    for (const auto& x : v->items)
-      if (x.is(mini_json::Value::Kind::Number)) out.push_back(x.number);
-  return out;
-}
-
-inline std::vector<std::string> json_strings(const mini_json::Value* v) {
-  std::vector<std::string> out;
-  if (v && v->is(mini_json::Value::Kind::Array))
-    for (const auto& x : v->items)
-      if (x.is(mini_json::Value::Kind::String)) out.push_back(x.string);
-  return out;
-}
-
-// The manifest's "card" object (ModelCard.to_dict in alexnet_deploy/model.py).
-inline Card card_from_json(const mini_json::Value& card, const std::string& source) {
-  Card c;
-  c.source = source;
-  c.classes = json_strings(card.get("classes"));
-  if (const auto* input = card.get("input")) {
-    c.mean = json_numbers(input->get("mean"));
-    c.std = json_numbers(input->get("std"));
-    for (double d : json_numbers(input->get("shape"))) c.chw.push_back(static_cast<int64_t>(d));
-    if (c.chw.size() != 3) c.chw.clear();
-  }
-  return c;
-}
-
-// Card from artifact metadata: either a whole card as JSON under "card", or separate keys.
-inline std::optional<Card> card_from_metadata(const std::map<std::string, std::string>& meta,
-                                              const std::string& source) {
-  auto parse = [](const std::string& text) { return mini_json::parse(text); };
-  try {
-    for (const char* key : {"card", "model_card", "card.json"}) {
-      auto it = meta.find(key);
-      if (it != meta.end()) return card_from_json(parse(it->second), source);
-    }
-    auto classes = meta.find("classes");
-    if (classes == meta.end()) return std::nullopt;
-    Card c;
-    c.source = source;
-    const auto v = parse(classes->second);
-    c.classes = json_strings(&v);
-    for (auto [key, into] : {std::pair{"mean", &c.mean}, std::pair{"std", &c.std}}) {
-      auto it = meta.find(key);
-      if (it != meta.end()) {
-        const auto nums = parse(it->second);
-        *into = json_numbers(&nums);
-      }
-    }
-    return c;
-  } catch (const mini_json::ParseError&) {
-    return std::nullopt;  // metadata we do not understand: fall back to manifest.json
-  }
-}
-
-// manifest.json in the artifact's folder or up to two folders above; fills the batch limit
-// from the artifact's own entry when the manifest lists it.
-inline std::optional<Card> card_from_manifest(const std::string& model_path) {
-  const fs::path model = fs::absolute(model_path).lexically_normal();
-  fs::path dir = model.parent_path();
-  for (int up = 0; up < 3 && !dir.empty(); ++up, dir = dir.parent_path()) {
-    const fs::path manifest = dir / "manifest.json";
-    if (!fs::is_regular_file(manifest)) continue;
-    mini_json::Value doc;
-    try {
-      doc = mini_json::parse(read_text(manifest));
-    } catch (const mini_json::ParseError& e) {
-      throw UsageError(manifest.string() + " is not valid JSON (" + e.what() + "); re-run export");
-    }
-    const auto* card = doc.get("card");
-    if (!card) throw UsageError(manifest.string() + " has no \"card\"; re-run export");
-    Card c = card_from_json(*card, manifest.string());
-    const std::string rel = model.lexically_relative(dir).generic_string();
-    if (const auto* arts = doc.get("artifacts"))
-      for (const auto& a : arts->items) {
-        const auto* path = a.get("path");
-        const auto* batch = a.get("batch");
-        const auto* max = batch ? batch->get("max") : nullptr;
-        if (path && max && path->string == rel && max->is(mini_json::Value::Kind::Number))
-          c.max_batch = static_cast<int64_t>(max->number);
-      }
-    return c;
-  }
-  return std::nullopt;
-}
-
 inline std::vector<std::string> read_class_file(const std::string& path) {
   std::istringstream lines(read_text(path));
   std::vector<std::string> names;
@@ -271,6 +187,8 @@ inline Card resolve_card(const Options& o, Backend& backend) {
   if (embedded && manifest) {  // only the manifest knows the batch limit; metadata may lack fields
     c.max_batch = manifest->max_batch;
     if (c.chw.empty()) c.chw = manifest->chw;
+    if (c.crop <= 0) c.crop = manifest->crop;
+    if (c.resize <= 0) c.resize = manifest->resize;
     if (c.classes.empty()) c.classes = manifest->classes;
     if (c.mean.empty()) c.mean = manifest->mean;
     if (c.std.empty()) c.std = manifest->std;
@@ -306,6 +224,42 @@ inline npy::Array read_batch(const std::string& path) {
   return a;
 }
 
+// Image inputs, decoded before the model loads so a bad file is reported at once.
+inline std::vector<image::Rgb8> decode_images(const std::vector<std::string>& paths) {
+  std::vector<image::Rgb8> out;
+  const image::WarningSink warn = [](const std::string& m) { std::fprintf(stderr, "warning: %s\n", m.c_str()); };
+  for (const auto& path : paths) {
+    try {
+      out.push_back(image::decode(path, warn));
+    } catch (const image::ImageError& e) {
+      throw UsageError(e.what());
+    }
+  }
+  return out;
+}
+
+// The card's preprocessing of every image into one N x 3 x crop x crop batch.
+inline npy::Array preprocess_images(const std::vector<image::Rgb8>& images, const std::vector<std::string>& paths,
+                                    const Card& card, const std::string& model) {
+  const std::optional<image::Preprocessing> p = card.preprocessing();
+  if (!p)
+    throw UsageError("the model card of " + model + " (" + (card.source.empty() ? "none found" : card.source) +
+                     ") has no preprocessing (input.resize, crop, mean, std): re-export the model, or pass a "
+                     ".npy batch from alexnet-deploy preprocess");
+  npy::Array batch;
+  batch.shape = {static_cast<int64_t>(images.size()), 3, p->crop, p->crop};
+  const size_t per_image = static_cast<size_t>(3) * p->crop * p->crop;
+  batch.data.resize(per_image * images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    try {
+      image::preprocess(images[i], *p, batch.data.data() + i * per_image);
+    } catch (const image::ImageError& e) {
+      throw UsageError(paths[i] + ": " + e.what());
+    }
+  }
+  return batch;
+}
+
 inline void check_batch(const npy::Array& a, const std::string& path, const Card& card) {
   if (!card.chw.empty() && !std::equal(card.chw.begin(), card.chw.end(), a.shape.begin() + 1))
     throw UsageError(path + " has shape " + shape_str(a.shape) + "; the model expects N x " +
@@ -322,7 +276,8 @@ inline std::string class_name(const Card& card, size_t i) {
   return i < card.classes.size() ? card.classes[i] : "class_" + std::to_string(i);
 }
 
-inline void print_topk(const std::vector<float>& logits, int64_t n, int64_t k, const Card& card, int top) {
+inline void print_topk(const std::vector<float>& logits, int64_t n, int64_t k, const Card& card, int top,
+                       const std::vector<std::string>& names) {
   for (int64_t img = 0; img < n; ++img) {
     const float* row = logits.data() + img * k;
     // softmax in double, shifted by the max for stability
@@ -335,7 +290,10 @@ inline void print_topk(const std::vector<float>& logits, int64_t n, int64_t k, c
     const size_t shown = std::min<size_t>(static_cast<size_t>(top), order.size());
     std::partial_sort(order.begin(), order.begin() + shown, order.end(),
                       [&](size_t a, size_t b) { return row[a] > row[b]; });
-    std::printf("image %lld:\n", static_cast<long long>(img));
+    if (static_cast<size_t>(img) < names.size())
+      std::printf("image %lld: %s\n", static_cast<long long>(img), names[img].c_str());
+    else
+      std::printf("image %lld:\n", static_cast<long long>(img));
     for (size_t r = 0; r < shown; ++r)
       std::printf("  %zu. %-24s p=%.4f  logit=%.6g\n", r + 1, class_name(card, order[r]).c_str(),
                   p[order[r]] / sum, row[order[r]]);
@@ -346,30 +304,79 @@ inline void print_topk(const std::vector<float>& logits, int64_t n, int64_t k, c
 // The program skeleton
 // ---------------------------------------------------------------------------------------------
 using Loader = std::function<std::unique_ptr<Backend>(const Options&)>;
+using Clock = std::chrono::steady_clock;
+
+inline double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Runs `step` `repeat` times; returns the median time in ms.
+template <class Step>
+inline double timed(int repeat, Step&& step) {
+  std::vector<double> times;
+  for (int i = 0; i < repeat; ++i) {
+    const auto t0 = Clock::now();
+    step();
+    times.push_back(ms_since(t0));
+  }
+  return median(times);
+}
+
+inline void write_npy(const std::string& path, const std::vector<float>& data, const std::vector<int64_t>& shape,
+                      const char* what) {
+  if (path.empty()) return;
+  try {
+    npy::write_float32(path, data.data(), shape);
+  } catch (const npy::Error& e) {
+    throw UsageError(e.what());
+  }
+  std::printf("%s written to %s\n", what, path.c_str());
+}
 
 inline int run_program_checked(const Options& o, const Program& p, const Loader& load) {
-  using clock = std::chrono::steady_clock;
-  const auto ms = [](clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
-
-  const npy::Array batch = read_batch(o.input);
-  auto t0 = clock::now();
+  const bool from_images = !is_npy(o.inputs.front());
+  npy::Array batch;
+  std::vector<image::Rgb8> images;
+  double decode_ms = 0, preprocess_ms = 0;
+  if (from_images) {
+    images = decode_images(o.inputs);  // the first run reports bad files; the repeats are timed
+    decode_ms = timed(o.repeat, [&] { images = decode_images(o.inputs); });
+  } else {
+    batch = read_batch(o.inputs.front());
+  }
+  auto t0 = Clock::now();
   std::unique_ptr<Backend> backend = load(o);
-  const double load_ms = ms(clock::now() - t0);
+  const double load_ms = ms_since(t0);
   const Card card = resolve_card(o, *backend);
-  check_batch(batch, o.input, card);
+  if (from_images)
+    preprocess_ms = timed(o.repeat, [&] { batch = preprocess_images(images, o.inputs, card, o.model); });
+  images.clear();
+  const std::string input_name =
+      from_images ? std::to_string(o.inputs.size()) + (o.inputs.size() == 1 ? " image" : " images") : o.inputs.front();
+  check_batch(batch, input_name, card);
 
   std::printf("%s: %s\n", p.name, backend->describe().c_str());
   std::printf("model: %s (loaded in %.1f ms)\n", o.model.c_str(), load_ms);
   std::printf("card: %s\n", card.source.empty() ? "none found (pass --classes FILE for names)" : card.source.c_str());
-  if (card.mean.size() == 3 && card.std.size() == 3)
-    std::printf("input: %s, expects mean [%g, %g, %g] std [%g, %g, %g] already applied\n", o.input.c_str(),
+  if (from_images)
+    std::printf("input: %s, decoded and preprocessed here: resize %lld, centre crop %lld, mean [%g, %g, %g] "
+                "std [%g, %g, %g]\n", input_name.c_str(), static_cast<long long>(card.resize),
+                static_cast<long long>(card.crop), card.mean[0], card.mean[1], card.mean[2], card.std[0],
+                card.std[1], card.std[2]);
+  else if (card.mean.size() == 3 && card.std.size() == 3)
+    std::printf("input: %s, expects mean [%g, %g, %g] std [%g, %g, %g] already applied\n", input_name.c_str(),
                 card.mean[0], card.mean[1], card.mean[2], card.std[0], card.std[1], card.std[2]);
   std::printf("batch: %s float32\n", shape_str(batch.shape).c_str());
 
   std::vector<int64_t> out_shape;
-  t0 = clock::now();
+  t0 = Clock::now();
   std::vector<float> logits = backend->run(batch, out_shape);
-  const double first_ms = ms(clock::now() - t0);
+  const double first_ms = ms_since(t0);
   if (out_shape.size() != 2 || out_shape[0] != batch.shape[0] ||
       static_cast<int64_t>(logits.size()) != out_shape[0] * out_shape[1])
     throw std::runtime_error("the model returned shape " + shape_str(out_shape) + "; expected " +
@@ -378,29 +385,32 @@ inline int run_program_checked(const Options& o, const Program& p, const Loader&
 
   std::vector<double> times;
   for (int i = 0; i < o.repeat; ++i) {
-    t0 = clock::now();
+    t0 = Clock::now();
     logits = backend->run(batch, out_shape);
-    times.push_back(ms(clock::now() - t0));
+    times.push_back(ms_since(t0));
   }
   std::sort(times.begin(), times.end());
   const double mean = std::accumulate(times.begin(), times.end(), 0.0) / times.size();
+  const double n = static_cast<double>(batch.shape[0]);
 
   if (!card.classes.empty() && static_cast<int64_t>(card.classes.size()) != out_shape[1])
     std::fprintf(stderr, "warning: %zu class names for %lld outputs; unnamed ones print as class_<i>\n",
                  card.classes.size(), static_cast<long long>(out_shape[1]));
-  if (!o.quiet) print_topk(logits, out_shape[0], out_shape[1], card, o.top);
+  if (!o.quiet) print_topk(logits, out_shape[0], out_shape[1], card, o.top, from_images ? o.inputs : std::vector<std::string>{});
+  if (from_images)
+    std::printf("decode + preprocess per batch of %lld: decode %.3f ms, resize + crop + normalise %.3f ms, "
+                "total %.3f ms (medians over %d runs); per image %.3f ms\n",
+                static_cast<long long>(batch.shape[0]), decode_ms, preprocess_ms, decode_ms + preprocess_ms,
+                o.repeat, (decode_ms + preprocess_ms) / n);
   std::printf("time per batch of %lld: mean %.3f ms, median %.3f ms, min %.3f ms over %d runs "
-              "(first run %.3f ms)\n",
+              "(first run %.3f ms); per image %.3f ms (median)\n",
               static_cast<long long>(batch.shape[0]), mean, times[times.size() / 2], times.front(), o.repeat,
-              first_ms);
-  if (!o.dump_logits.empty()) {
-    try {
-      npy::write_float32(o.dump_logits, logits.data(), out_shape);
-    } catch (const npy::Error& e) {
-      throw UsageError(e.what());
-    }
-    std::printf("logits written to %s\n", o.dump_logits.c_str());
-  }
+              first_ms, times[times.size() / 2] / n);
+  if (from_images)
+    std::printf("end to end per image: %.3f ms (decode + preprocess + inference, medians; batch of %lld)\n",
+                (decode_ms + preprocess_ms + times[times.size() / 2]) / n, static_cast<long long>(batch.shape[0]));
+  write_npy(o.dump_input, batch.data, batch.shape, "input");
+  write_npy(o.dump_logits, logits, out_shape, "logits");
   return 0;
 }
 

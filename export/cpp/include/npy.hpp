@@ -9,11 +9,14 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 namespace npy {
 
@@ -155,7 +158,9 @@ inline void write_float32(const std::string& path, const float* data, const std:
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header += '\n';
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  // Written under a temporary name and renamed, so a failure never leaves a partial file at `path`.
+  const std::string tmp = path + ".partial-" + std::to_string(::getpid());
+  std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
   if (!f) throw Error("cannot write " + path);
   const unsigned char prefix[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
   f.write(reinterpret_cast<const char*>(prefix), 8);
@@ -164,7 +169,11 @@ inline void write_float32(const std::string& path, const float* data, const std:
   f.write(reinterpret_cast<const char*>(len), 2);
   f.write(header.data(), static_cast<std::streamsize>(header.size()));
   f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(n * sizeof(float)));
-  if (!f) throw Error("failed writing " + path);
+  f.close();
+  if (!f || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error("failed writing " + path);
+  }
 }
 
 }  // namespace npy
