@@ -21,6 +21,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "image_preprocess.hpp"
@@ -224,16 +225,38 @@ inline npy::Array read_batch(const std::string& path) {
   return a;
 }
 
-// Image inputs, decoded before the model loads so a bad file is reported at once.
-inline std::vector<image::Rgb8> decode_images(const std::vector<std::string>& paths) {
-  std::vector<image::Rgb8> out;
-  const image::WarningSink warn = [](const std::string& m) { std::fprintf(stderr, "warning: %s\n", m.c_str()); };
-  for (const auto& path : paths) {
-    try {
-      out.push_back(image::decode(path, warn));
-    } catch (const image::ImageError& e) {
-      throw UsageError(e.what());
+// fn(i) for i in [0, n) on up to one thread per core; the first failure in index order is rethrown
+// after every thread has finished, so the error names the first bad image of the batch.
+template <class Fn>
+inline void parallel_for(size_t n, Fn&& fn) {
+  const size_t workers = std::min<size_t>(n, std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::exception_ptr> errors(n);
+  auto work = [&](size_t first) {
+    for (size_t i = first; i < n; i += workers) {
+      try {
+        fn(i);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
     }
+  };
+  std::vector<std::thread> threads;
+  for (size_t w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+// Image inputs, decoded before the model loads so a bad file is reported at once; the images of a
+// batch are decoded in parallel.
+inline std::vector<image::Rgb8> decode_images(const std::vector<std::string>& paths) {
+  std::vector<image::Rgb8> out(paths.size());
+  const image::WarningSink warn = [](const std::string& m) { std::fprintf(stderr, "warning: %s\n", m.c_str()); };
+  try {
+    parallel_for(paths.size(), [&](size_t i) { out[i] = image::decode(paths[i], warn); });
+  } catch (const image::ImageError& e) {
+    throw UsageError(e.what());
   }
   return out;
 }
@@ -250,13 +273,13 @@ inline npy::Array preprocess_images(const std::vector<image::Rgb8>& images, cons
   batch.shape = {static_cast<int64_t>(images.size()), 3, p->crop, p->crop};
   const size_t per_image = static_cast<size_t>(3) * p->crop * p->crop;
   batch.data.resize(per_image * images.size());
-  for (size_t i = 0; i < images.size(); ++i) {
+  parallel_for(images.size(), [&](size_t i) {
     try {
       image::preprocess(images[i], *p, batch.data.data() + i * per_image);
     } catch (const image::ImageError& e) {
       throw UsageError(paths[i] + ": " + e.what());
     }
-  }
+  });
   return batch;
 }
 

@@ -288,14 +288,15 @@ inline uint8_t fixed_to_u8(int32_t acc, int precision) {
   return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-Rgb8 resize_width(const Rgb8& in, int width) {
-  const Taps t = make_taps(in.width, width);
+// Output columns [x0, x1) of the width pass, for input rows [r0, r1).
+Rgb8 resize_width(const Rgb8& in, const Taps& t, int x0, int x1, int r0, int r1) {
   const int32_t half = precision_half(t.precision);
-  Rgb8 out{width, in.height, std::vector<uint8_t>(static_cast<size_t>(width) * in.height * 3)};
-  for (int y = 0; y < in.height; ++y) {
+  const int width = x1 - x0;
+  Rgb8 out{width, r1 - r0, std::vector<uint8_t>(static_cast<size_t>(width) * (r1 - r0) * 3)};
+  for (int y = r0; y < r1; ++y) {
     const uint8_t* src = in.pixels.data() + static_cast<size_t>(y) * in.width * 3;
-    uint8_t* dst = out.pixels.data() + static_cast<size_t>(y) * width * 3;
-    for (int o = 0; o < width; ++o) {
+    uint8_t* dst = out.pixels.data() + static_cast<size_t>(y - r0) * width * 3;
+    for (int o = x0; o < x1; ++o) {
       const int32_t* k = t.weights.data() + static_cast<size_t>(o) * t.size;
       const uint8_t* s = src + static_cast<size_t>(t.first[o]) * 3;
       int32_t r = half, g = half, b = half;
@@ -304,30 +305,101 @@ Rgb8 resize_width(const Rgb8& in, int width) {
         g += k[j] * s[3 * j + 1];
         b += k[j] * s[3 * j + 2];
       }
-      dst[3 * o] = fixed_to_u8(r, t.precision);
-      dst[3 * o + 1] = fixed_to_u8(g, t.precision);
-      dst[3 * o + 2] = fixed_to_u8(b, t.precision);
+      uint8_t* d = dst + static_cast<size_t>(o - x0) * 3;
+      d[0] = fixed_to_u8(r, t.precision);
+      d[1] = fixed_to_u8(g, t.precision);
+      d[2] = fixed_to_u8(b, t.precision);
     }
   }
   return out;
 }
 
-Rgb8 resize_height(const Rgb8& in, int height) {
-  const Taps t = make_taps(in.height, height);
+// Output rows [y0, y1) of the height pass; `in` holds input rows from r0 on.
+Rgb8 resize_height(const Rgb8& in, const Taps& t, int y0, int y1, int r0) {
   const int32_t half = precision_half(t.precision);
   const size_t row_len = static_cast<size_t>(in.width) * 3;
-  Rgb8 out{in.width, height, std::vector<uint8_t>(row_len * height)};
+  Rgb8 out{in.width, y1 - y0, std::vector<uint8_t>(row_len * (y1 - y0))};
   std::vector<int32_t> acc(row_len);
-  for (int o = 0; o < height; ++o) {
+  for (int o = y0; o < y1; ++o) {
     std::fill(acc.begin(), acc.end(), half);
     const int32_t* k = t.weights.data() + static_cast<size_t>(o) * t.size;
     for (int j = 0; j < t.count[o]; ++j) {
-      const uint8_t* src = in.pixels.data() + static_cast<size_t>(t.first[o] + j) * row_len;
+      const uint8_t* src = in.pixels.data() + static_cast<size_t>(t.first[o] + j - r0) * row_len;
       for (size_t i = 0; i < row_len; ++i) acc[i] += k[j] * src[i];
     }
-    uint8_t* dst = out.pixels.data() + static_cast<size_t>(o) * row_len;
+    uint8_t* dst = out.pixels.data() + static_cast<size_t>(o - y0) * row_len;
     for (size_t i = 0; i < row_len; ++i) dst[i] = fixed_to_u8(acc[i], t.precision);
   }
+  return out;
+}
+
+Rgb8 copy_window(const Rgb8& in, int x0, int x1, int r0, int r1) {
+  Rgb8 out{x1 - x0, r1 - r0, std::vector<uint8_t>(static_cast<size_t>(x1 - x0) * (r1 - r0) * 3)};
+  for (int y = r0; y < r1; ++y)
+    std::memcpy(&out.pixels[static_cast<size_t>(y - r0) * out.width * 3],
+                &in.pixels[(static_cast<size_t>(y) * in.width + x0) * 3], static_cast<size_t>(out.width) * 3);
+  return out;
+}
+
+// The resized image's window [x0, x1) x [y0, y1) only: every pixel in it is the one the full resize
+// computes (each output pixel depends on its own taps alone), at the cost of the window. A pass
+// whose size does not change is skipped, as the reference kernels skip it.
+Rgb8 resize_window(const Rgb8& in, int out_w, int out_h, int x0, int x1, int y0, int y1) {
+  const bool width_changes = out_w != in.width, height_changes = out_h != in.height;
+  Taps rows;
+  int r0 = y0, r1 = y1;  // input rows the window needs
+  if (height_changes) {
+    rows = make_taps(in.height, out_h);
+    r0 = in.height;
+    r1 = 0;
+    for (int o = y0; o < y1; ++o) {
+      r0 = std::min(r0, rows.first[o]);
+      r1 = std::max(r1, rows.first[o] + rows.count[o]);
+    }
+  }
+  Rgb8 mid = width_changes ? resize_width(in, make_taps(in.width, out_w), x0, x1, r0, r1)
+                           : copy_window(in, x0, x1, r0, r1);
+  return height_changes ? resize_height(mid, rows, y0, y1, r0) : mid;
+}
+
+struct Resized {
+  int width, height;
+};
+
+Resized resized_size(const Rgb8& image, int side) {
+  const int64_t short_side = std::min(image.width, image.height), long_side = std::max(image.width, image.height);
+  // Python's int(side * long / short): an exact product, one correctly rounded division, truncation.
+  const auto long_out = static_cast<int64_t>(static_cast<double>(side * long_side) / static_cast<double>(short_side));
+  const uint64_t pixels = static_cast<uint64_t>(side) * static_cast<uint64_t>(long_out);
+  if (pixels > kMaxResizedPixels)
+    throw ImageError("image " + std::to_string(image.width) + " x " + std::to_string(image.height) +
+                     ": its aspect ratio makes the resized image " + std::to_string(pixels) + " pixels (limit " +
+                     std::to_string(kMaxResizedPixels) + "); crop it first");
+  return image.width <= image.height ? Resized{side, static_cast<int>(long_out)}
+                                     : Resized{static_cast<int>(long_out), side};
+}
+
+// Where a centre crop of `size` takes its pixels from an extent of `extent`: the zero padding before
+// (when the extent is smaller, the smaller half first) and the first source index.
+struct CropAxis {
+  int pad, start, count;  // output [pad, pad + count) <- source [start, start + count)
+};
+
+CropAxis crop_axis(int extent, int size) {
+  const int pad = std::max(size - extent, 0) / 2;
+  const int padded = std::max(extent, size);
+  // round((extent - size) / 2) with ties to even, as Python's round().
+  const int offset = static_cast<int>(std::nearbyint((padded - size) / 2.0));
+  const int start = offset - pad;  // >= 0: padding and cropping never both apply on one axis
+  return {std::max(pad - offset, 0), std::max(start, 0), std::min(size, extent)};
+}
+
+// Places `window` (count.x x count.y pixels) into a zeroed size x size canvas at the padding.
+Rgb8 place(const Rgb8& window, int size, const CropAxis& x, const CropAxis& y) {
+  Rgb8 out{size, size, std::vector<uint8_t>(static_cast<size_t>(size) * size * 3, 0)};
+  for (int row = 0; row < y.count; ++row)
+    std::memcpy(&out.pixels[(static_cast<size_t>(row + y.pad) * size + x.pad) * 3],
+                &window.pixels[static_cast<size_t>(row) * window.width * 3], static_cast<size_t>(x.count) * 3);
   return out;
 }
 
@@ -347,41 +419,14 @@ Rgb8 decode(const std::string& path, const WarningSink& warn) {
 }
 
 Rgb8 resize_shorter_side(const Rgb8& image, int side) {
-  const int64_t short_side = std::min(image.width, image.height), long_side = std::max(image.width, image.height);
-  // Python's int(side * long / short): an exact product, one correctly rounded division, truncation.
-  const auto long_out = static_cast<int64_t>(static_cast<double>(side * long_side) / static_cast<double>(short_side));
-  const uint64_t pixels = static_cast<uint64_t>(side) * static_cast<uint64_t>(long_out);
-  if (pixels > kMaxResizedPixels)
-    throw ImageError("image " + std::to_string(image.width) + " x " + std::to_string(image.height) +
-                     ": its aspect ratio makes the resized image " + std::to_string(pixels) + " pixels (limit " +
-                     std::to_string(kMaxResizedPixels) + "); crop it first");
-  const int out_w = static_cast<int>(image.width <= image.height ? side : long_out);
-  const int out_h = static_cast<int>(image.width <= image.height ? long_out : side);
-  if (out_w == image.width && out_h == image.height) return image;
-  if (out_h == image.height) return resize_width(image, out_w);
-  if (out_w == image.width) return resize_height(image, out_h);
-  return resize_height(resize_width(image, out_w), out_h);
+  const Resized r = resized_size(image, side);
+  if (r.width == image.width && r.height == image.height) return image;
+  return resize_window(image, r.width, r.height, 0, r.width, 0, r.height);
 }
 
 Rgb8 center_crop(const Rgb8& image, int size) {
-  // Pad to at least size x size with zeros, the smaller half of the padding before.
-  const int pad_left = std::max(size - image.width, 0) / 2, pad_top = std::max(size - image.height, 0) / 2;
-  const int width = std::max(image.width, size), height = std::max(image.height, size);
-  // round((extent - size) / 2) with ties to even, as Python's round().
-  const int left = static_cast<int>(std::nearbyint((width - size) / 2.0));
-  const int top = static_cast<int>(std::nearbyint((height - size) / 2.0));
-  Rgb8 out{size, size, std::vector<uint8_t>(static_cast<size_t>(size) * size * 3, 0)};
-  for (int y = 0; y < size; ++y) {
-    const int sy = y + top - pad_top;
-    if (sy < 0 || sy >= image.height) continue;
-    for (int x = 0; x < size; ++x) {
-      const int sx = x + left - pad_left;
-      if (sx < 0 || sx >= image.width) continue;
-      std::memcpy(&out.pixels[(static_cast<size_t>(y) * size + x) * 3],
-                  &image.pixels[(static_cast<size_t>(sy) * image.width + sx) * 3], 3);
-    }
-  }
-  return out;
+  const CropAxis x = crop_axis(image.width, size), y = crop_axis(image.height, size);
+  return place(copy_window(image, x.start, x.start + x.count, y.start, y.start + y.count), size, x, y);
 }
 
 void normalize_chw(const Rgb8& image, const Preprocessing& p, float* out) {
@@ -397,7 +442,11 @@ void normalize_chw(const Rgb8& image, const Preprocessing& p, float* out) {
 }
 
 void preprocess(const Rgb8& image, const Preprocessing& p, float* out) {
-  normalize_chw(center_crop(resize_shorter_side(image, p.resize), p.crop), p, out);
+  // resize_shorter_side then center_crop, fused: only the pixels the crop keeps are resized.
+  const Resized r = resized_size(image, p.resize);
+  const CropAxis x = crop_axis(r.width, p.crop), y = crop_axis(r.height, p.crop);
+  const Rgb8 window = resize_window(image, r.width, r.height, x.start, x.start + x.count, y.start, y.start + y.count);
+  normalize_chw(place(window, p.crop, x, y), p, out);
 }
 
 }  // namespace alexnet::image
