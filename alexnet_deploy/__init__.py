@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _API = {
     "export": ("alexnet_deploy.api", "export"),
     "validate": ("alexnet_deploy.validate", None),  # the callable package
+    "compare_outputs": ("alexnet_deploy.validate.outside", "compare_outputs"),  # not "compare": a module of that name
     "benchmark": ("alexnet_deploy.api", "benchmark"),
     "recommend": ("alexnet_deploy.bench.recommend", "recommend_export"),
     "UserError": ("alexnet_deploy.errors", "UserError"),

@@ -5,6 +5,7 @@ wrong (CheckFailed when an artifact fails export's own check).
 
     manifest = ad.export(model, "exports/m", formats=["onnx", "openvino"], card={"classes": [...]})
     report = ad.validate("exports/m", data="data/val")
+    judged = ad.compare_outputs("exports/m", "inputs.npy", "outputs.npy")  # logits computed elsewhere
     bench = ad.benchmark("exports/m", batch_sizes=[1, 8])
 
 A module that is not a registered architecture is the user's own: in the process that exported

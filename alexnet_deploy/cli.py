@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from alexnet_deploy.errors import expected_failure, internal_error_line
+from alexnet_deploy.tolerances import LIMITS
 
 DEBUG_ENV = "ALEXNET_DEPLOY_DEBUG"
 _debug = {"on": os.environ.get(DEBUG_ENV, "") not in ("", "0")}
@@ -321,6 +322,34 @@ def validate(export_dir, **kwargs):
     if not kwargs["list_only"]:
         _check_report_paths(export_dir, kwargs["report"], "validation")
     run_validate(export_dir, **kwargs)
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--inputs", required=True, type=click.Path(path_type=Path),
+              help="The float32 N x C x H x W batch the outputs were computed from (.npy).")
+@click.option("--outputs", required=True, type=click.Path(path_type=Path),
+              help="Their logits, N x classes (.npy): a C++ program's --dump-logits, a Triton response, "
+                   "another machine's run.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(list(LIMITS["validate"])),
+              help="Whose limits apply: the precision the outputs were computed in.")
+@click.option("--label", default=None, help="Name of what produced them [default: the outputs file name].")
+@click.option("--atol", default=None, type=click.FloatRange(min=0), help="Override the precision's default atol.")
+@click.option("--rtol", default=None, type=click.FloatRange(min=0), help="Override the precision's default rtol.")
+@click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
+              help="Override the minimum top-1 agreement, a fraction (0.995 = 99.5 %).")
+@click.option("--report", default=None, type=click.Path(path_type=Path),
+              help="JSON report path (Markdown beside it) [default: none written].")
+@_model_def_options
+def compare(export_dir, **kwargs):
+    """Judge logits computed elsewhere against EXPORT_DIR's PyTorch reference, by validate's rules.
+    Exit 0 pass, 1 fail, 2 usage."""
+    from alexnet_deploy.validate.outside import run_compare
+
+    _register_model_def(kwargs)
+    if kwargs["report"] is not None:
+        _check_report_paths(export_dir, kwargs["report"], "comparison")
+    run_compare(export_dir, **kwargs)
 
 
 def _check_report_paths(export_dir: Path, report: Path | None, default: str,

@@ -171,8 +171,14 @@ def test_program_matches_pytorch(cpp_bin, cpp_export, cpp_batch, reference_logit
 
     logits = np.load(dump)
     assert logits.dtype == np.float32 and logits.shape == reference_logits.shape
+    # judged as any outputs computed elsewhere are: `alexnet-deploy compare`, validate's rules
+    report = tmp_path / "comparison.json"
+    judged = cli("compare", cpp_export, "--inputs", cpp_batch, "--outputs", dump, "--label", program,
+                 "--report", report)
+    assert judged.returncode == 0, judged.stderr
+    (row,) = json.loads(report.read_text())["results"]
+    assert row["status"] == "OK" and row["precision"] == "fp32" and row["max_abs"] <= row["limits"]["atol"]
     lim = limits_for("fp32")
-    np.testing.assert_allclose(logits, reference_logits, atol=lim.atol, rtol=lim.rtol)
 
     # Top-1 by class name, as a user reads it; images whose top two logits are closer than the
     # tolerance are a legitimate tie and are not compared.
