@@ -46,6 +46,7 @@ class CheckResult:
     verdict: Verdict | None = None
     load_s: float | None = None  # None: never loaded
     infer_s: float | None = None
+    outputs: np.ndarray | None = field(default=None, repr=False)  # the logits judged (not recorded)
 
     @property
     def passed(self) -> bool:
@@ -104,6 +105,7 @@ def check_artifact(manifest: Manifest, artifact: Artifact, runner_cls: type, bat
     problem = output_problem(outputs, reference)
     if problem:
         return result.fail(problem)
+    result.outputs = outputs
     result.verdict = judge(outputs, reference, limits, decide=decide, labels=labels)
     result.failures = list(result.verdict.failures)
     return result

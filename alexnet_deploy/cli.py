@@ -313,6 +313,10 @@ def recommend(export_dir, threads, latency_ms):
               help="JSON report path [default: EXPORT_DIR/validation.json]; Markdown beside it.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing backend.")
 @click.option("--list", "list_only", is_flag=True, help="List the runners and whether each can run here.")
+@click.option("--layers", is_flag=True,
+              help="Also compare every module's output and name the first that diverges (slower).")
+@click.option("--layers-if-failed", is_flag=True,
+              help="Compare the layers of the artifacts whose logits failed only (what pipeline does).")
 @_model_def_options
 def validate(export_dir, **kwargs):
     """Check every artifact in EXPORT_DIR against the PyTorch reference. Exit 0 pass, 1 fail, 2 usage."""
@@ -321,6 +325,8 @@ def validate(export_dir, **kwargs):
     _register_model_def(kwargs)
     if not kwargs["list_only"]:
         _check_report_paths(export_dir, kwargs["report"], "validation")
+    if kwargs.pop("layers_if_failed") and not kwargs["layers"]:
+        kwargs["layers"] = "failed"
     run_validate(export_dir, **kwargs)
 
 

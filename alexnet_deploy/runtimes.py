@@ -59,6 +59,17 @@ def stored_precision(artifact: Artifact) -> str:
     return artifact.extra.get("stored_precision", artifact.precision)
 
 
+@dataclass(frozen=True)
+class LayerOp:
+    """One operation of a runner's file for `validate --layers`: `key` is what the runner needs to
+    read its output (a tensor name, an operation's friendly name, an fx node name), `module` the raw
+    PyTorch module path it came from (None: unknown)."""
+
+    key: str
+    kind: str
+    module: str | None
+
+
 Done = Callable[[np.ndarray, float], None]  # (logits, the request's own latency in ms)
 
 
@@ -115,6 +126,9 @@ class Runner(ABC):
     device_tensors: ClassVar[bool] = False  # infer_device() takes and returns torch tensors on `device`
     computes_in: ClassVar[str | None] = None  # a precision it computes in whatever the file stores (bf16)
     max_in_flight: ClassVar[int | None] = None  # requests it can run at once (None: any; see in_flight)
+    # layer_ops() / infer_layers() for `validate --layers`; else why not, in one line
+    layer_taps: ClassVar[bool] = False
+    no_layers_reason: ClassVar[str] = "this runner cannot read intermediate tensors"
 
     def __init__(self, path: str | os.PathLike, card: ModelCard, batch: BatchRange | None = None, *,
                  threads: int | None = None, precision: str = "fp32", shown: str | None = None) -> None:
@@ -219,6 +233,26 @@ class Runner(ABC):
         if self.max_in_flight is not None and n > self.max_in_flight:
             raise UserError(f"{self.name} runs at most {self.max_in_flight} request(s) at once")
         return InFlight(self.infer, n)
+
+    # -- validate --layers -----------------------------------------------------------------
+    def layer_ops(self) -> list[LayerOp]:
+        """The file's operations in execution order, each with the module it came from."""
+        raise NotImplementedError(f"{self.name}: {self.no_layers_reason}")
+
+    def infer_layers(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
+        """The outputs of `ops` (from layer_ops) on `batch`, as float32, in chunks the artifact's
+        batch range takes. Loads its own copy of the file with those tensors made outputs (adding
+        outputs can stop a runtime fusing across them: what this measures is per layer)."""
+        if not self.layer_taps:
+            raise NotImplementedError(f"{self.name}: {self.no_layers_reason}")
+        self.check_input(batch[: self.batch.max])
+        step = self.batch.max
+        parts = [self.infer_layers_impl(np.ascontiguousarray(batch[i:i + step]), ops)
+                 for i in range(0, len(batch), step)]
+        return [np.concatenate([np.asarray(p[k], dtype=np.float32) for p in parts]) for k in range(len(ops))]
+
+    def infer_layers_impl(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
+        raise NotImplementedError(f"{self.name}: {self.no_layers_reason}")
 
     def deactivate(self) -> None:
         if self.active:

@@ -22,7 +22,8 @@ from alexnet_deploy.validate import batch_sizes_for, list_runners, split_batches
 
 DESIGN_RESULT_KEYS = {"backend", "format", "precision", "passed", "max_abs", "max_rel", "p99_abs",
                       "min_atol", "cosine", "top1_agreement", "top5_overlap", "accuracy_top1",
-                      "reference_accuracy_top1", "failures", "status", "reason"}
+                      "reference_accuracy_top1", "failures", "status", "reason", "computes_in",
+                      "first_divergence"}
 IMAGES = "20"
 
 
@@ -88,9 +89,10 @@ def test_report_json_and_markdown_carry_the_design_keys(full_run):
     ok = [r for r in data["results"] if r["status"] == "OK"]
     assert all(r["images"] == int(IMAGES) and r["accuracy_top1"] is not None for r in ok)
     md = report.with_suffix(".md").read_text()
-    assert "| backend | format | precision | status |" in md
+    assert "| backend | format | precision | computes in | status |" in md
     for r in ok:
-        assert f"| {r['backend']} | {r['format']} | {r['precision']} | OK |" in md
+        shown = r["computes_in"] or "-"
+        assert f"| {r['backend']} | {r['format']} | {r['precision']} | {shown} | OK |" in md
     assert "PASSED" in proc.stdout
 
 

@@ -12,6 +12,12 @@ from alexnet_deploy.manifest import Manifest
 from alexnet_deploy.report import markdown_table, write_report
 
 
+def _divergence(v: dict) -> str:
+    """Where a failed artifact's layers first diverge (the pipeline compares layers of failures)."""
+    fd = v.get("first_divergence")
+    return f" (first diverges at {fd.get('module')})" if isinstance(fd, dict) else ""
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -106,7 +112,7 @@ def _markdown(out: Path, r: dict[str, Any]) -> str:
     for a in r["export"].get("artifacts", []):
         runs = [v for (f, p, _), v in checks.items() if f == a["format"] and p == a["precision"]]
         verdict = ", ".join(f"{v.get('backend')}: {v.get('status') or ('PASS' if v.get('passed') else 'FAIL')}"
-                            for v in runs) or "not validated"
+                            + _divergence(v) for v in runs) or "not validated"
         rows.append([a["format"], a["precision"], a["path"], f"{a['bytes'] / 1e6:.1f}", a["export_s"], verdict])
     md.append(markdown_table(["format", "precision", "file", "MB", "export s", "validation"], rows))
     for sk in r["export"].get("skipped", []):

@@ -151,7 +151,7 @@ def _validate_settings(s: Settings) -> dict[str, Any]:
 
 def _validate_argv(s: Settings, d: Path) -> list[str]:
     return ["validate", str(s.out / "export"), "--images", str(_validate_settings(s)["images"]),
-            "--report", str(d / "validation.json")]
+            "--report", str(d / "validation.json"), "--layers-if-failed"]
 
 
 def _benchmark_settings(s: Settings) -> dict[str, Any]:

@@ -15,7 +15,14 @@ from alexnet_deploy.checks import check_artifact, reference_model, resolve_limit
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.manifest import Artifact, Manifest
 from alexnet_deploy.tolerances import Limits
-from alexnet_deploy.validate.render import print_list, print_report, summarise, to_markdown
+from alexnet_deploy.validate.precision import Signatures, measure_precision
+from alexnet_deploy.validate.render import (
+    print_list,
+    print_report,
+    summarise,
+    to_markdown,
+    write_layer_plot,
+)
 from alexnet_deploy.validate.results import FAIL, SKIPPED, Inputs, ValidationReport, ValidationResult
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,7 @@ DEFAULT_MAX_BATCH = 64  # the biggest batch fed by default, whatever the artifac
 MAX_INPUT_BYTES = 2 << 30  # the shared input batch is refused beyond this, before it is allocated
 REFERENCE_CHUNK = 64
 NO_RUNNER = "no registered runner accepts this format"
+SIGNATURE_ROWS = 16  # inputs whose error signature tells the precision computed in
 
 
 def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
@@ -33,9 +41,11 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
              backends: list[str] | None = None, atol: float | None = None, rtol: float | None = None,
              min_agreement: float | None = None, max_accuracy_drop: float | None = None,
              fail_fast: bool = False, random_inputs: int = RANDOM_INPUTS, seed: int = 0,
-             ) -> ValidationReport:
+             layers: bool | str = False) -> ValidationReport:
     """Validate every artifact of `export_dir` (or the `backends` named) against torch eager.
-    `min_agreement` and `max_accuracy_drop` are fractions (0.01 = one percentage point)."""
+    `min_agreement` and `max_accuracy_drop` are fractions (0.01 = one percentage point).
+    `layers`: True compares every artifact module by module (validate/layers.py); "failed" only
+    those whose logits failed."""
     from alexnet_deploy.machine import library_versions
 
     if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < 1:
@@ -55,6 +65,7 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
     log.info(f"reference: torch eager fp32 on {weights.path}, "
         f"{inputs.real} images + {len(inputs.batch) - inputs.real} random inputs")
     reference = reference_logits(manifest, inputs.batch)
+    signatures = Signatures(reference_model(manifest), inputs.batch[:SIGNATURE_ROWS])
 
     results: list[ValidationResult] = []
     stop: str | None = None
@@ -69,9 +80,14 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
             log.info(f"validating {result.label}")
             result.batch_sizes = sizes[id(choice)]
             decide = slice(0, inputs.real) if inputs.real else None
-            result.take(check_artifact(manifest, choice.artifact, choice.runner_cls, inputs.batch,
-                                       reference, Limits(**result.limits), batch_sizes=result.batch_sizes,
-                                       decide=decide, labels=inputs.labels if inputs.real else None))
+            check = check_artifact(manifest, choice.artifact, choice.runner_cls, inputs.batch,
+                                   reference, Limits(**result.limits), batch_sizes=result.batch_sizes,
+                                   decide=decide, labels=inputs.labels if inputs.real else None)
+            result.take(check)
+            if check.outputs is not None:
+                verify_precision(result, check.outputs[:SIGNATURE_ROWS], signatures)
+            if layers is True or (layers == "failed" and result.status == FAIL):
+                add_layers(result, manifest, choice, inputs.batch)
             if result.status == FAIL and fail_fast:
                 stop = f"not run: --fail-fast stopped after {result.backend} [{result.precision}] failed"
         results.append(result)
@@ -87,6 +103,37 @@ def validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | None =
         results=results, versions=library_versions(), labels_by_position=inputs.by_position)
     report.summary = summarise(report)
     return report
+
+
+def verify_precision(result: ValidationResult, outputs: np.ndarray, signatures: Signatures) -> None:
+    """computes_in from the error signature; an fp32 label that computed in less fails."""
+    measured = measure_precision(result.precision, outputs, signatures)
+    result.computes_in, result.precision_errors = measured.computes_in, measured.errors
+    result.precision_note = measured.note
+    if measured.failure:
+        result.add_failure(measured.failure)
+
+
+def add_layers(result: ValidationResult, manifest: Manifest, choice, batch: np.ndarray) -> None:
+    """Module-by-module figures on `result`; a runner that cannot read its layers says why in
+    layers_note, and a failure to compare them is a note too: the verdict stays with the logits."""
+    from alexnet_deploy.errors import exception_line
+    from alexnet_deploy.validate.layers import compare_layers
+
+    if not choice.runner_cls.layer_taps:
+        result.layers_note = f"layers not compared: {choice.runner_cls.no_layers_reason}"
+        return
+    log.info(f"comparing the layers of {result.label}")
+    try:
+        found = compare_layers(manifest, choice.artifact, choice.runner_cls, batch,
+                               result.limits.get("max_layer_rel_l2"))
+    except Exception as e:  # any runtime's failure to build or run the tapped model
+        result.layers_note = f"layers not compared: {exception_line(e)}"
+        return
+    result.layers = [asdict(layer) for layer in found.layers]
+    result.first_divergence = found.first_divergence
+    result.layers_note = (f"{found.rows} inputs, {len(found.layers)} modules in {found.slices} slice(s), "
+                          f"largest slice {found.recorded_mb:.1f} MB recorded")
 
 
 def _export_folder(export_dir: str | os.PathLike) -> Path:
@@ -238,7 +285,8 @@ def run_validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | No
                  backends: list[str] | None = None, atol: float | None = None,
                  rtol: float | None = None, min_agreement: float | None = None,
                  max_accuracy_drop: float | None = None, report: str | os.PathLike | None = None,
-                 fail_fast: bool = False, list_only: bool = False) -> ValidationReport | None:
+                 fail_fast: bool = False, list_only: bool = False,
+                 layers: bool | str = False) -> ValidationReport | None:
     """Validate, print the table, write JSON + Markdown; CheckFailed (exit 1) if any check failed."""
     from alexnet_deploy.console import make_console
     from alexnet_deploy.report import write_report
@@ -249,9 +297,10 @@ def run_validate(export_dir: str | os.PathLike, data_dir: str | os.PathLike | No
         return None
     result = validate(export_dir, data_dir=data_dir, images=images, batch_sizes=batch_sizes,
                       backends=backends, atol=atol, rtol=rtol, min_agreement=min_agreement,
-                      max_accuracy_drop=max_accuracy_drop, fail_fast=fail_fast)
+                      max_accuracy_drop=max_accuracy_drop, fail_fast=fail_fast, layers=layers)
     json_path = Path(report) if report is not None else Path(export_dir) / "validation.json"
-    json_path, md_path = write_report(json_path, result.to_dict(), to_markdown(result))
+    picture = write_layer_plot(result, json_path.with_suffix(".png"))
+    json_path, md_path = write_report(json_path, result.to_dict(), to_markdown(result, picture))
     print_report(result, console)
     console.print(f"report: {json_path} and {md_path}", highlight=False, markup=False)
     if not result.passed:

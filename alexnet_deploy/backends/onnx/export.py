@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet_deploy.backends.onnx.layers import modules_property
 from alexnet_deploy.backends.onnx.operators import with_onnx_operators
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import ExportContext, Exporter
@@ -157,7 +158,7 @@ def publish(proto, final: Path, card: ModelCard, precision: str) -> None:
     import onnx
 
     props = {p.key: p.value for p in proto.metadata_props}
-    onnx.helper.set_model_props(proto, {**props, **card_metadata(card, precision)})
+    onnx.helper.set_model_props(proto, {**props, **card_metadata(card, precision), **modules_property(proto)})
     drop_stack_traces(proto)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     check_signature(proto, card, final.name)

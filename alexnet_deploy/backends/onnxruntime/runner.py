@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from alexnet_deploy.backends.onnx.layers import graph_ops, with_outputs
 from alexnet_deploy.backends.onnxruntime.util import (
     ort_cpu_unavailable_reason,
     ort_provider_unavailable_reason,
@@ -19,7 +20,7 @@ from alexnet_deploy.backends.onnxruntime.util import (
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.files import sha256_file
 from alexnet_deploy.manifest import Artifact, Manifest
-from alexnet_deploy.runtimes import Runner
+from alexnet_deploy.runtimes import LayerOp, Runner
 
 ORT_TRT_WORKSPACE_BYTES = 1 << 30
 
@@ -27,6 +28,7 @@ ORT_TRT_WORKSPACE_BYTES = 1 << 30
 class OrtCpuRunner(Runner):
     name = "onnxruntime-cpu"
     formats = ("onnx",)
+    layer_taps = True
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -36,18 +38,35 @@ class OrtCpuRunner(Runner):
         return ["CPUExecutionProvider"]
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers())
+        self._session = self.session(str(self.path))
         self.check_session(self._session)
         inp = self._session.get_inputs()[0]
         self.check_declared_input(inp.shape)
         self._input = inp.name
         # our fp16 ONNX keeps float32 I/O; a half-precision graph from elsewhere may not
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    def session(self, model: str | bytes) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        return ort.InferenceSession(model, sess_options=opts, providers=self.providers())
+
+    def layer_ops(self) -> list[LayerOp]:
+        import onnx
+
+        return graph_ops(onnx.load(str(self.path)))
+
+    def infer_layers_impl(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
+        import onnx
+
+        names = [op.key for op in ops]
+        session = self.session(with_outputs(onnx.load(str(self.path)), names).SerializeToString())
+        feed = session.get_inputs()[0]
+        dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+        return session.run(names, {feed.name: batch.astype(dtype, copy=False)})
 
     def check_session(self, session: Any) -> None:
         """A hook for the GPU runners: the providers the session really enabled."""
@@ -86,6 +105,28 @@ class OrtGpuRunner(OrtCpuRunner):
             with contextlib.suppress(OSError, ImportError):
                 ort.preload_dlls()
         super().activate_impl()
+
+    def session(self, model: str | bytes) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        return ort.InferenceSession(model, sess_options=opts, providers=self.providers())
+
+    def layer_ops(self) -> list[LayerOp]:
+        import onnx
+
+        return graph_ops(onnx.load(str(self.path)))
+
+    def infer_layers_impl(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
+        import onnx
+
+        names = [op.key for op in ops]
+        session = self.session(with_outputs(onnx.load(str(self.path)), names).SerializeToString())
+        feed = session.get_inputs()[0]
+        dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
+        return session.run(names, {feed.name: batch.astype(dtype, copy=False)})
 
     def check_session(self, session: Any) -> None:
         import onnxruntime as ort

@@ -9,8 +9,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from alexnet_deploy.backends.openvino.layers import model_ops
+from alexnet_deploy.card import printable
+from alexnet_deploy.errors import CheckFailed
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.runtimes import InFlight, Runner
+from alexnet_deploy.runtimes import InFlight, LayerOp, Runner
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -26,6 +29,7 @@ class OpenVinoRunner(Runner):
     # CPUs with bf16 units default to bf16 inference; an artifact's precision is in its weights, so
     # compute stays f32 here (int8 graphs keep their quantized layers) and `openvino-bf16` asks for less.
     inference_precision: ClassVar[str] = "f32"
+    layer_taps = True
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -49,6 +53,30 @@ class OpenVinoRunner(Runner):
         self.check_declared_input([d.get_length() if d.is_static else None
                                    for d in self._compiled.input(0).get_partial_shape()])
         self._request = self._compiled.create_infer_request()
+
+    def layer_ops(self) -> list[LayerOp]:
+        import openvino as ov
+
+        ops = model_ops(ov.Core().read_model(str(self.path)))
+        if not any(op.module for op in ops):
+            raise CheckFailed(f"{printable(self.shown)} carries no module map (rt_info framework/modules): "
+                              "re-export it with this version of alexnet-deploy to compare layers")
+        return ops
+
+    def infer_layers_impl(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        by_name = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        # add_outputs returns the Result of each tensor, an existing one when it is already an output
+        added = model.add_outputs([by_name[op.key].output(0) for op in ops])
+        results = [o.get_node().get_friendly_name() for o in model.outputs]
+        positions = [results.index(o.get_node().get_friendly_name()) for o in added]
+        compiled = core.compile_model(model, self.ov_device, self.compile_config())
+        request = compiled.create_infer_request()
+        request.infer({0: batch})
+        return [request.get_output_tensor(i).data.copy() for i in positions]
 
     def runtime_precision(self) -> str:
         """What OpenVINO says it computes in once compiled ("f32", "bf16"), else what was asked."""

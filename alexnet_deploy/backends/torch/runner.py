@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alexnet_deploy.backends.torch.util import TorchGlobals, set_tf32
+from alexnet_deploy.backends.torch.util import TorchGlobals, graph_ops, run_recording, set_tf32
 from alexnet_deploy.machine import cuda_unavailable_reason
 from alexnet_deploy.manifest import Artifact
-from alexnet_deploy.runtimes import Runner
+from alexnet_deploy.runtimes import LayerOp, Runner
 
 
 class TorchRunner(Runner):
@@ -88,6 +88,7 @@ class DeviceBound(TorchRunner):
 class TorchEagerRunner(TorchRunner):
     name = "torch-eager"
     formats = ("weights",)
+    no_layers_reason = "torch eager is the reference the layers are compared with"
 
     def load(self, path: str) -> Any:
         from alexnet_deploy.models import load_weights
@@ -100,6 +101,8 @@ class TorchEagerRunner(TorchRunner):
 class TorchScriptRunner(DeviceBound):
     name = "torchscript"
     formats = ("torchscript",)
+    no_layers_reason = ("a TorchScript module runs its graph as one call (hooks are not kept when "
+                        "scripting): compare the torch-export or ONNX artifact's layers")
 
     def load(self, path: str) -> Any:
         import torch
@@ -110,6 +113,20 @@ class TorchScriptRunner(DeviceBound):
 class TorchExportRunner(DeviceBound):
     name = "torch-export"
     formats = ("torch-export",)
+    layer_taps = True
+
+    def layer_ops(self) -> list[LayerOp]:
+        import torch
+
+        return graph_ops(torch.export.load(str(self.path)).module())
+
+    def infer_layers_impl(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
+        import torch
+
+        module = torch.export.load(str(self.path)).module()
+        with torch.inference_mode():
+            found = run_recording(module, torch.from_numpy(batch).to(self.device), {op.key for op in ops})
+        return [found[op.key].float().cpu().numpy() for op in ops]
 
     def load(self, path: str) -> Any:
         import torch
@@ -122,6 +139,8 @@ class TorchExportRunner(DeviceBound):
 class AotiRunner(DeviceBound):
     name = "aoti"
     formats = ("aoti",)
+    no_layers_reason = ("an AOTInductor package is one compiled library with no intermediate tensor to "
+                        "read: compare its torch-export twin's layers")
 
     def load(self, path: str) -> Any:
         from torch._inductor import aoti_load_package

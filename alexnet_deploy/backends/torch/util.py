@@ -60,3 +60,40 @@ def no_tf32() -> Iterator[None]:
         yield
     finally:
         saved.restore()
+
+
+# ---------------------------------------------------------------------------------------------
+# validate --layers on torch.export programs
+# ---------------------------------------------------------------------------------------------
+def graph_ops(module: Any) -> list:
+    """An fx graph's computing nodes in order, each with the innermost module of its
+    nn_module_stack (torch.export records the module path, e.g. features.3)."""
+    from alexnet_deploy.runtimes import LayerOp
+
+    ops = []
+    for node in module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else None
+        ops.append(LayerOp(key=node.name, kind=getattr(node.target, "__name__", str(node.target)),
+                           module=path or None))
+    return ops
+
+
+def run_recording(module: Any, x: Any, names: set[str]) -> dict[str, Any]:
+    """Run an fx GraphModule on `x`, keeping a copy of each named node's output as it is produced
+    (an in-place relu_ after a convolution would otherwise overwrite it)."""
+    import torch.fx
+
+    found: dict[str, Any] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in names and hasattr(out, "clone"):
+                found[n.name] = out.detach().clone()
+            return out
+
+    Recorder(module).run(x)
+    return found
