@@ -106,28 +106,6 @@ class OrtGpuRunner(OrtCpuRunner):
                 ort.preload_dlls()
         super().activate_impl()
 
-    def session(self, model: str | bytes) -> Any:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        return ort.InferenceSession(model, sess_options=opts, providers=self.providers())
-
-    def layer_ops(self) -> list[LayerOp]:
-        import onnx
-
-        return graph_ops(onnx.load(str(self.path)))
-
-    def infer_layers_impl(self, batch: np.ndarray, ops: list[LayerOp]) -> list[np.ndarray]:
-        import onnx
-
-        names = [op.key for op in ops]
-        session = self.session(with_outputs(onnx.load(str(self.path)), names).SerializeToString())
-        feed = session.get_inputs()[0]
-        dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
-        return session.run(names, {feed.name: batch.astype(dtype, copy=False)})
-
     def check_session(self, session: Any) -> None:
         import onnxruntime as ort
 
