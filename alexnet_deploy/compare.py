@@ -9,6 +9,7 @@ blurred by float32 rounding; `min_atol` is exact for that float64 rule.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -107,6 +108,13 @@ def cosine_similarity(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
     out = np.divide(dot, norms, out=np.zeros_like(dot), where=~both_zero)
     out[both_zero & (np.abs(y).sum(1) == np.abs(ref).sum(1))] = 1.0
     return out
+
+
+def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
+    """||y - ref|| / ||ref|| in float64 (0 when both are zero, inf when only ref is)."""
+    diff = float(np.linalg.norm(np.asarray(y, np.float64) - np.asarray(ref, np.float64)))
+    norm = float(np.linalg.norm(np.asarray(ref, np.float64)))
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
 def topk(logits: np.ndarray, k: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from alexnet_deploy.compare import cosine_similarity, rel_l2
 from alexnet_deploy.manifest import Artifact, Manifest
 from alexnet_deploy.runtimes import LayerOp
 
@@ -144,19 +145,12 @@ def reference_outputs(model: nn.Module, batch: np.ndarray, names: list[str]) -> 
 # ---------------------------------------------------------------------------------------------
 def measure(y: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
     """(relative L2 error, max abs, worst row's cosine) of `y` against `ref`, in float64."""
-    y64, r64 = y.astype(np.float64).reshape(len(y), -1), ref.astype(np.float64).reshape(len(ref), -1)
-    if not np.isfinite(y64).all():
+    if not np.isfinite(y).all():
         return math.inf, math.inf, -1.0
-    diff = y64 - r64
-    norm = float(np.linalg.norm(r64))
-    rel = float(np.linalg.norm(diff)) / norm if norm > 0 else (0.0 if not diff.any() else math.inf)
-    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-    ny, nr = np.linalg.norm(y64, axis=1), np.linalg.norm(r64, axis=1)
-    both = ny * nr
-    # a row that is zero on both sides (a ReLU that is off for this input) agrees perfectly
-    cos = np.where(both > 0, (y64 * r64).sum(1) / np.where(both > 0, both, 1), (ny == nr).astype(float))
-    worst = float(cos.min()) if cos.size else 1.0
-    return rel, max_abs, worst
+    rows_y, rows_ref = y.reshape(len(y), -1), ref.reshape(len(ref), -1)
+    max_abs = float(np.abs(rows_y.astype(np.float64) - rows_ref).max()) if y.size else 0.0
+    cos = cosine_similarity(rows_y, rows_ref)  # rows off on both sides (a ReLU) count as 1
+    return rel_l2(y, ref), max_abs, float(cos.min()) if cos.size else 1.0
 
 
 def slices(names: list[str], sizes: dict[str, int], rows: int, budget: int) -> list[list[str]]:

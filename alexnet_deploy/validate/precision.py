@@ -19,17 +19,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from alexnet_deploy.compare import rel_l2
+
 if TYPE_CHECKING:
     from torch import nn
 
 MEASURED = ("fp32", "fp16", "bf16")  # labels whose arithmetic is measured
 FLOOR = 1e-12  # a bit-exact match counts as this error on the log scale
-
-
-def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
-    diff = np.linalg.norm(y.astype(np.float64) - ref)
-    norm = np.linalg.norm(ref)
-    return float(diff / norm) if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
 @dataclass
