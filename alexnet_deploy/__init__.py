@@ -8,6 +8,8 @@ The public Python API (alexnet_deploy.api), as thin re-exports resolved on first
     validate(export_dir, data=...)                          -> ValidationReport
     benchmark(export_dir, batch_sizes=...)                  -> BenchmarkReport
     recommend(export_dir, ...)                              -> Manifest with `recommended`
+    compare_outputs(export_dir, inputs_npy, outputs_npy)    -> ValidationReport
+    preprocess(images, card, out_npy)                       -> Path of the .npy batch
     UserError, CheckFailed                                  what they raise
 
 `validate` is also the name of a subpackage; importing it replaces this attribute by the package,
@@ -26,6 +28,7 @@ _API = {
     "validate": ("alexnet_deploy.validate", None),  # the callable package
     "compare_outputs": ("alexnet_deploy.validate.outside", "compare_outputs"),  # not "compare": a module of that name
     "benchmark": ("alexnet_deploy.api", "benchmark"),
+    "preprocess": ("alexnet_deploy.preprocess", "run_preprocess"),
     "recommend": ("alexnet_deploy.bench.recommend", "recommend_export"),
     "UserError": ("alexnet_deploy.errors", "UserError"),
     "CheckFailed": ("alexnet_deploy.errors", "CheckFailed"),

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, assert_one_line, cli
@@ -248,6 +249,9 @@ def test_readme_python_example_runs(trained_weights, recipe_data, tmp_path, monk
     assert {a.format for a in manifest.artifacts} >= {"onnx", "openvino"}
     assert {r.batch_size for r in bench.results} == {1, 8}
     assert ns["mine"].card.arch == "user:FlowerNet" and ns["checked"].passed
+    judged = ns["judged"]
+    assert judged.passed, judged.summary
+    assert judged.results[0].batch_sizes == [2] and np.load(tmp_path / "x.npy").shape[0] == 2
 
 
 def _user_state(path: Path) -> None:
