@@ -17,6 +17,10 @@ $(BIN)/python:
 # Reinstall whenever the project's dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu,openvino,dev]'
+	# `serve` and its tests: the tritonserver (Python backend) inside the nvidia-pytriton wheel. Without
+	# its dependencies: it pins numpy<2, and only its server binary is used, never its Python API.
+	$(BIN)/pip install -q --no-deps 'nvidia-pytriton==0.7.0'
+	$(BIN)/python -c 'from alexnet_deploy.serve import python_backend_env as e; e()'  # its models' numpy 1.x layer
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -468,6 +468,21 @@ def preprocess(images, card, out):
 
 
 @cli.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the server listens on.")
+@click.option("--tritonserver", default=None, type=click.Path(path_type=Path),
+              help="Your tritonserver binary [default: on PATH, else the nvidia-pytriton wheel's].")
+def serve(export_dir, http_port, grpc_port, metrics_port, host, tritonserver):
+    """Serve EXPORT_DIR's Triton repository with a real Triton server until Ctrl-C."""
+    from alexnet_deploy.serve import run_serve
+
+    run_serve(export_dir, http_port, grpc_port, metrics_port, host, tritonserver)
+
+
+@cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @_model_def_options

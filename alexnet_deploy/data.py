@@ -7,6 +7,7 @@ Data folders come in two shapes, both accepted everywhere:
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,21 +153,38 @@ def load_image(path: str) -> Image.Image:
     problem = image_path_problem(path)
     if problem:
         raise UserError(problem)
+    return decode_image(path, path)
+
+
+def decode_image(source: Any, name: str) -> Image.Image:
+    """`source` (a path or a binary file object) decoded to 8-bit RGB, under Pillow's bomb limit;
+    `name` is how a refusal names it."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if caught:
                     w, h = img.size
-                    warn(f"{path} is {w} x {h} ({w * h} pixels), over Pillow's decompression-bomb "
+                    warn(f"{name} is {w} x {h} ({w * h} pixels), over Pillow's decompression-bomb "
                          f"limit Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; decoding it anyway")
                 return to_rgb8(img)
     except Image.DecompressionBombError as e:
-        raise UserError(f"cannot read image {path}: {e} (Pillow's limit: twice Image.MAX_IMAGE_PIXELS "
+        raise UserError(f"cannot read image {name}: {e} (Pillow's limit: twice Image.MAX_IMAGE_PIXELS "
                         f"= {Image.MAX_IMAGE_PIXELS}); shrink the image") from None
-    except Exception as e:  # any decoder failure on an untrusted file: name the file, no traceback
-        raise UserError(f"cannot read image {path} ({e.__class__.__name__}); remove or replace it") \
+    except Exception as e:  # any decoder failure on untrusted bytes: name the image, no traceback
+        raise UserError(f"cannot read image {name} ({e.__class__.__name__}); remove or replace it") \
             from None
+
+
+def preprocess_bytes(blobs: list[bytes], card) -> np.ndarray:
+    """Encoded images (JPEG / PNG / ... bytes, as a server receives them) -> the float32 NCHW batch
+    `preprocess_files` makes from the same images as files."""
+    transform = card_transform(card)
+    names = [f"#{i} of the request ({len(b)} bytes)" for i, b in enumerate(blobs)]
+    if not blobs:
+        return np.zeros((0, *card.input.shape), np.float32)
+    return np.ascontiguousarray(np.stack([apply_transform(transform, decode_image(io.BytesIO(b), n), n).numpy()
+                                          for b, n in zip(blobs, names, strict=False)]), dtype=np.float32)
 
 
 def is_split_root(root: Path) -> bool:

@@ -52,7 +52,15 @@ def _graph_io(path: Path):
     return describe(inp), describe(graph.output[0])
 
 
+def _production(models: list[Artifact]) -> list[Artifact]:
+    return [m for m in models if m.extra["platform"] in PLATFORMS.values()]
+
+
 def _check_repository(out: Path, sources: list[Artifact], models: list[Artifact], card) -> None:
+    manifest = Manifest(card=card, weights={}, artifacts=sources + models)
+    manifest.root = out
+    assert all(verify_integrity(manifest, m) is None for m in models)
+    models = _production(models)
     by_source = {m.extra["source"]: m for m in models}
     assert sorted(by_source) == sorted(a.path for a in sources)
     for src in sources:
@@ -75,16 +83,13 @@ def _check_repository(out: Path, sources: list[Artifact], models: list[Artifact]
         assert (out / model.path / outp.label_filename).read_text().split("\n")[:-1] == card.classes
         model_file = out / model.path / "1" / FILES[src.format]
         assert sha256_file(model_file) == src.sha256
-    manifest = Manifest(card=card, weights={}, artifacts=sources + models)
-    manifest.root = out
-    assert all(verify_integrity(manifest, m) is None for m in models)
 
 
 def test_repository_configs_match_onnx_and_torchscript_artifacts(tmp_path):
     ctx = _with_torchscript(onnx_context(tmp_path), tmp_path)
     models = TritonExporter().export(ctx)
     _check_repository(tmp_path, list(ctx.artifacts), models, ctx.card)
-    names = {m.extra["model"] for m in models}
+    names = {m.extra["model"] for m in _production(models)}
     assert {"alexnet_onnx_fp32", "alexnet_onnx_fp16", "alexnet_onnx_int8", "alexnet_torchscript_fp32"} == names
     fp16 = _config(tmp_path, next(m for m in models if m.extra["model"] == "alexnet_onnx_fp16"))
     assert fp16.input[0].data_type == pb.TYPE_FP16  # as the fp16 graph really declares it
@@ -101,7 +106,7 @@ def test_tensorrt_models_appear_only_with_tensorrt_artifacts(tmp_path, monkeypat
     engines = trt_export.TensorRTExporter().export(ctx)
     ctx.artifacts += engines
     models = TritonExporter().export(ctx)
-    trt_models = [m for m in models if m.extra["source"] in {e.path for e in engines}]
+    trt_models = [m for m in _production(models) if m.extra["source"] in {e.path for e in engines}]
     assert [m.extra["model"] for m in trt_models] == ["alexnet_tensorrt_fp32", "alexnet_tensorrt_fp16",
                                                       "alexnet_tensorrt_int8"]
     for engine, model in zip(engines, trt_models, strict=True):
@@ -119,7 +124,8 @@ def test_reexport_replaces_model_dirs_without_leftovers(tmp_path):
     TritonExporter().export(ctx)
     TritonExporter().export(ctx)
     entries = sorted(p.name for p in (tmp_path / "triton").iterdir())
-    assert entries == ["README.md", "alexnet_onnx_fp32"]  # no half-built temporary folders
+    assert entries == ["README.md", "alexnet_image", "alexnet_onnx_fp32", "alexnet_postprocess",
+                       "alexnet_preprocess", "alexnet_python_onnxruntime_fp32"]  # no half-built temporary folders
 
 
 def test_triton_is_exported_after_the_formats_it_serves():
@@ -154,7 +160,38 @@ def test_a_resnet18_repository_describes_resnet18_not_alexnet(resnet18_export):
     sources = [a for a in manifest.artifacts if a.format in PLATFORMS]
     models = manifest.find("triton")
     _check_repository(resnet18_export, sources, models, manifest.card)
-    assert {m.extra["model"] for m in models} == {"resnet18_onnx_fp32", "resnet18_onnx_fp16",
+    assert {m.extra["model"] for m in _production(models)} == {"resnet18_onnx_fp32", "resnet18_onnx_fp16",
                                                    "resnet18_onnx_int8", "resnet18_torchscript_fp32"}
     cfg = _config(resnet18_export, next(m for m in models if m.extra["model"] == "resnet18_onnx_fp32"))
     assert list(cfg.input[0].dims) == [3, 64, 64] and list(cfg.output[0].dims) == [10]
+
+
+def test_cpu_models_run_the_exported_files_and_the_ensemble_chains_them(tmp_path):
+    """The Python-backend models serve each ONNX file with alexnet-deploy's runner (their names say
+    python_, apart from the production ones), and the image ensemble is preprocess -> fp32 -> top-K."""
+    ctx = onnx_context(tmp_path)
+    models = {m.extra["model"]: m for m in TritonExporter().export(ctx)}
+    sources = {a.path: a for a in ctx.artifacts}
+    python = {n: m for n, m in models.items() if m.extra["platform"] == "python"}
+    assert sorted(python) == ["alexnet_python_onnxruntime_fp16", "alexnet_python_onnxruntime_fp32",
+                              "alexnet_python_onnxruntime_int8"]
+    for _name, model in python.items():
+        cfg = _config(tmp_path, model)
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        src = sources[model.extra["source"]]
+        assert cfg.backend == "python" and params["runner"] == "onnxruntime-cpu" and params["precision"] == src.precision
+        assert sha256_file(tmp_path / model.path / "1" / params["file"]) == src.sha256
+        assert (tmp_path / model.path / "1" / "model.py").read_text().count("class TritonPythonModel") == 1
+        assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == \
+            [("images", pb.TYPE_FP32, list(ctx.card.input.shape))]  # fp32 in and out whatever the file stores
+        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0 and cfg.max_batch_size == src.batch["max"]
+    ens = _config(tmp_path, models["alexnet_image"])
+    assert ens.platform == "ensemble"
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == \
+        ["alexnet_preprocess", "alexnet_python_onnxruntime_fp32", "alexnet_postprocess"]
+    assert [(t.name, t.data_type) for t in ens.input] == [("image", pb.TYPE_STRING)]
+    assert {t.name for t in ens.output} == {"logits", "top_classes", "top_labels", "top_scores"}
+    for step in ("alexnet_preprocess", "alexnet_postprocess"):
+        text = (tmp_path / "triton" / step / "config.pbtxt").read_text()
+        assert text_format.Parse(text, pb.ModelConfig()).backend == "python"
+        assert (tmp_path / "triton" / step / "card.json").read_text() == ctx.card.to_json()

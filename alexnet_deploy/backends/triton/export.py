@@ -128,6 +128,33 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, pb.ModelConfig())
 
 
+def publish_model_dir(final: Path, texts: dict[str, str], files: dict[str, Path]) -> None:
+    """Write one model directory beside its final place (texts written, files hard-linked or
+    copied), then rename it into place in one step: a server never sees half of it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        for rel, text in texts.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text, encoding="utf-8")
+        for rel, src in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(src, tmp / rel)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fsync_file(f)  # the contents are on disk before the rename makes them visible
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_fp32_onnx(ctx: ExportContext) -> str | None:
+    return next((a.path for a in ctx.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)  # no second copy of a 240 MB model when the file system allows it
@@ -138,7 +165,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 class TritonExporter(Exporter):
     name = "triton"
     requires = ("onnx",)
-    after = ("torchscript", "tensorrt")  # included when exported in the same run
+    after = ("torchscript", "tensorrt", "openvino")  # included when exported in the same run
 
     @classmethod
     def unavailable_reason(cls, device: str) -> str | None:
@@ -147,8 +174,30 @@ class TritonExporter(Exporter):
     def export(self, ctx: ExportContext) -> list[Artifact]:
         sources = [a for a in ctx.artifacts if a.format in BACKENDS]
         artifacts = [self._model(ctx, art) for art in sources]
+        artifacts += self._python_models(ctx)
         self._write_readme(ctx, [a.extra["model"] for a in artifacts])
         return artifacts
+
+    def _python_models(self, ctx: ExportContext) -> list[Artifact]:
+        """The models Triton's Python backend serves on a CPU machine, and the image ensemble
+        around the fp32 ONNX one (see python_repository)."""
+        from google.protobuf import text_format
+
+        from alexnet_deploy.backends.triton.python_repository import (
+            PYTHON_RUNTIMES,
+            image_ensemble,
+            runner_model,
+        )
+
+        def text_of(cfg: Any) -> str:
+            text = text_format.MessageToString(cfg)
+            parse_config(text)
+            return text
+
+        runnable = [a for a in ctx.artifacts if a.format in PYTHON_RUNTIMES and a.device == "cpu"]
+        models = [runner_model(ctx, art, publish_model_dir, text_of) for art in runnable]
+        target = next((m for m in models if m.extra["source"] == _first_fp32_onnx(ctx)), None)
+        return models + (image_ensemble(ctx, target, publish_model_dir, text_of) if target else [])
 
     def _model(self, ctx: ExportContext, art: Artifact) -> Artifact:
         from google.protobuf import text_format
@@ -160,22 +209,8 @@ class TritonExporter(Exporter):
         text = text_format.MessageToString(build_config(name, art, backend, inp, out))
         parse_config(text)  # the schema check happens before anything is published
         final = ctx.out / SUBDIR / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # assemble the model directory beside its final place, then rename it in one step
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
-        try:
-            (tmp / "1").mkdir()
-            _link_or_copy(ctx.out / art.path, tmp / "1" / backend.filename)
-            (tmp / "config.pbtxt").write_text(text)
-            (tmp / LABELS).write_text("\n".join(ctx.card.classes) + "\n")
-            for f in (tmp / "config.pbtxt", tmp / LABELS, tmp / "1" / backend.filename):
-                fsync_file(f)  # the contents are on disk before the rename makes them visible
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_model_dir(final, {"config.pbtxt": text, LABELS: "\n".join(ctx.card.classes) + "\n"},
+                          {f"1/{backend.filename}": ctx.out / art.path})
         return ctx.artifact(final, "triton", art.precision, started, device=art.device,
                             input_name=inp.name, output_name=out.name,
                             extra={"model": name, "platform": backend.platform,
@@ -194,8 +229,10 @@ class TritonExporter(Exporter):
 README = """\
 # Triton model repository
 
-Written by `alexnet-deploy export --formats triton`; one model per exported ONNX, TorchScript and
-TensorRT artifact (`config.pbtxt`, `labels.txt`, `1/model.*`):
+Written by `alexnet-deploy export --formats triton`: one production model per exported ONNX,
+TorchScript and TensorRT artifact (`config.pbtxt`, `labels.txt`, `1/model.*`), the `*_python_*`
+models that run the ONNX / OpenVINO files in Triton's Python backend, and the `*_image` ensemble
+(encoded image bytes in, logits and top-K labels out). On this machine: `alexnet-deploy serve ..`.
 
 {listing}
 
