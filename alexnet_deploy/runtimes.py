@@ -129,6 +129,7 @@ class Runner(ABC):
     # layer_ops() / infer_layers() for `validate --layers`; else why not, in one line
     layer_taps: ClassVar[bool] = False
     no_layers_reason: ClassVar[str] = "this runner cannot read intermediate tensors"
+    layers_caveat: ClassVar[str | None] = None  # what the layer figures are of, when not the artifact itself
 
     def __init__(self, path: str | os.PathLike, card: ModelCard, batch: BatchRange | None = None, *,
                  threads: int | None = None, precision: str = "fp32", shown: str | None = None) -> None:

@@ -323,3 +323,22 @@ def test_real_engine_matches_eager(random_weights, tmp_path):
                 assert got.shape == ref.shape
                 if limits.atol is not None:  # (random weights: near-tied logits, so no top-1 check)
                     np.testing.assert_allclose(got, ref, atol=limits.atol, rtol=limits.rtol)
+    _real_layers_match_eager(model, manifest, next(a for a in arts if a.precision == "fp32"))
+
+
+def _real_layers_match_eager(model, manifest, art):
+    """validate --layers' path on the real library: a tapped twin of the fp32 engine, every module
+    with a tensor within the fp32 per-layer limit (TF32 is off in fp32 builds)."""
+    from alexnet_deploy.tolerances import LAYER_REL_L2
+    from alexnet_deploy.validate.layers import choose_taps, measure, module_order, reference_outputs
+
+    batch = torch.randn(MAX_BATCH, *manifest.card.input.shape, generator=torch.Generator().manual_seed(7))
+    order, _, _ = module_order(model, batch[:1])
+    runner = trt_runner.TensorRTRunner.from_artifact(manifest, art)
+    taps = choose_taps(runner.layer_ops(), order)
+    names = [n for n in order if n in taps]
+    assert "features.0" in names and "classifier.6" in names, names  # the ONNX's name scopes reached TensorRT
+    got = runner.infer_layers(batch.numpy(), [taps[n] for n in names])
+    ref = reference_outputs(model, batch.numpy(), names)
+    errors = {n: measure(y, ref[n])[0] for n, y in zip(names, got, strict=True)}
+    assert all(e <= LAYER_REL_L2["fp32"] for e in errors.values()), errors

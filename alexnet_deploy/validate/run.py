@@ -134,6 +134,8 @@ def add_layers(result: ValidationResult, manifest: Manifest, choice, batch: np.n
     result.first_divergence = found.first_divergence
     result.layers_note = (f"{found.rows} inputs, {len(found.layers)} modules in {found.slices} slice(s), "
                           f"largest slice {found.recorded_mb:.1f} MB recorded")
+    if choice.runner_cls.layers_caveat:  # the figures are of a twin, not of the artifact itself
+        result.layers_note += f"; {choice.runner_cls.layers_caveat}"
 
 
 def _export_folder(export_dir: str | os.PathLike) -> Path:

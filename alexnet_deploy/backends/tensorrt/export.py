@@ -105,6 +105,20 @@ def build_engine(trt: Any, root: Path, s: BuildSettings, engine_path: Path) -> d
     """Parse the ONNX, configure the builder from `s`, write the engine atomically; return its I/O."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    network, _parser = parse_network(trt, builder, logger, root, s)  # the parser owns the weights
+    cache_path = root / s.timing_cache
+    config = configure(trt, builder, s, cache_path)
+    plan = build_plan(builder, network, config, s)
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(memoryview(plan))
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return _network_io(trt, network)
+
+
+def parse_network(trt: Any, builder: Any, logger: Any, root: Path, s: BuildSettings) -> tuple[Any, Any]:
+    """The network parsed from `s.source_onnx` and its parser, which must outlive the build (the
+    network refers to weights the parser holds)."""
     flags = 0
     for name in s.network_flags:
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
@@ -113,7 +127,12 @@ def build_engine(trt: Any, root: Path, s: BuildSettings, engine_path: Path) -> d
     if not parser.parse_from_file(str(root / s.source_onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"TensorRT could not parse {s.source_onnx}: {errors}")
+    return network, parser
 
+
+def configure(trt: Any, builder: Any, s: BuildSettings, cache_path: Path | None) -> Any:
+    """The builder config `s` describes, starting from the timing cache at `cache_path` (None or
+    missing: an empty one)."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, s.workspace_bytes)
     for name in s.builder_flags:
@@ -124,23 +143,21 @@ def build_engine(trt: Any, root: Path, s: BuildSettings, engine_path: Path) -> d
     profile.set_shape(s.input_name, tuple(s.profile["min"]), tuple(s.profile["opt"]),
                       tuple(s.profile["max"]))
     config.add_optimization_profile(profile)
-    cache_path = root / s.timing_cache
     _use_timing_cache(config, cache_path)
+    return config
 
+
+def build_plan(builder: Any, network: Any, config: Any, s: BuildSettings) -> Any:
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(f"TensorRT failed to build the {s.precision} engine from {s.source_onnx} "
                         f"(see TensorRT's messages above)")
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(memoryview(plan))
-    with atomic_path(cache_path) as tmp:
-        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    return _network_io(trt, network)
+    return plan
 
 
-def _use_timing_cache(config: Any, path: Path) -> None:
+def _use_timing_cache(config: Any, path: Path | None) -> None:
     """Start from the saved cache when it is compatible, else from an empty one."""
-    saved = path.read_bytes() if path.exists() else b""
+    saved = path.read_bytes() if path is not None and path.exists() else b""
     cache = config.create_timing_cache(saved)
     if not config.set_timing_cache(cache, False) and saved:
         # a cache from another GPU or TensorRT version: not an error, just no head start
