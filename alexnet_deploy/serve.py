@@ -208,7 +208,7 @@ class TritonServer:
         for port, option in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"),
                              (self.metrics_port, "--metrics-port")):
             check_port(self.host, port, option)
-        binary = find_tritonserver(self.binary)
+        binary = self.binary = find_tritonserver(self.binary)  # resolved once; run_serve prints it
         self._scratch = Path(tempfile.mkdtemp(prefix="alexnet-deploy-serve-"))
         backends = backend_directory(binary, self._scratch)
         self.loaded, self.skipped = plan_models(self.repo, backends)
@@ -288,7 +288,7 @@ def run_serve(folder: str | os.PathLike, http_port: int = 8000, grpc_port: int =
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         with server:
-            print(f"Triton {server.binary or find_tritonserver(None)} serving {server.repo}")
+            print(f"Triton {server.binary} serving {server.repo}")
             print(f"  HTTP  http://{server.http_url}   gRPC  {server.grpc_url}   "
                   f"metrics  http://{host}:{metrics_port}/metrics")
             for name in server.loaded:
