@@ -169,6 +169,8 @@ def plan_models(repo: Path, backends: Path) -> tuple[list[str], dict[str, str]]:
 
 def check_port(host: str, port: int, option: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the server binds: a port left in TIME_WAIT by a stopped server is free, a listener is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -225,4 +225,5 @@ def test_serve_command_lists_endpoints_and_stops_on_sigterm(resnet18_export):
             proc.kill()
     assert proc.returncode == 0 and "stopped" in rest, err
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # the server is gone: its port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not a listener
+        s.bind(("127.0.0.1", port))  # the server is gone: nothing listens on its port
