@@ -28,7 +28,7 @@ _API = {
     "validate": ("alexnet_deploy.validate", None),  # the callable package
     "compare_outputs": ("alexnet_deploy.validate.outside", "compare_outputs"),  # not "compare": a module of that name
     "benchmark": ("alexnet_deploy.api", "benchmark"),
-    "preprocess": ("alexnet_deploy.preprocess", "run_preprocess"),
+    "preprocess": ("alexnet_deploy.preprocessing", "run_preprocess"),  # not "preprocess": a module of that name would shadow it
     "recommend": ("alexnet_deploy.bench.recommend", "recommend_export"),
     "UserError": ("alexnet_deploy.errors", "UserError"),
     "CheckFailed": ("alexnet_deploy.errors", "CheckFailed"),

@@ -461,7 +461,7 @@ def predict(artifact, images, top, backend, **kwargs):
 def preprocess(images, card, out):
     """Write IMAGES as one float32 NCHW .npy batch with the card's preprocessing (for C++ programs)."""
     from alexnet_deploy.files import check_output_file
-    from alexnet_deploy.preprocess import run_preprocess
+    from alexnet_deploy.preprocessing import run_preprocess
 
     check_output_file(out)
     run_preprocess(list(images), card, out)

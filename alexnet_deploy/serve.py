@@ -92,7 +92,10 @@ def python_backend_env() -> Path:
     env = Path(sys.prefix) / ENV_DIR
     python = env / "bin" / "python3"
     marker = env / "alexnet-deploy-layer.pth"
-    line = f"import site; site.addsitedir({site_dir!r})\n"
+    # The stub imports model.py from the repository and ignores PYTHON* variables: without
+    # dont_write_bytecode a __pycache__ beside it changes the model folder's hash, and the
+    # manifest's integrity check then refuses the export.
+    line = f"import site, sys; site.addsitedir({site_dir!r}); sys.dont_write_bytecode = True\n"
     if python.exists() and marker.exists() and marker.read_text() == line:
         return env
     base = getattr(sys, "_base_executable", sys.executable)

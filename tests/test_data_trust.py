@@ -146,7 +146,7 @@ def test_a_folder_passed_as_an_image_says_so(tmp_path):
     (tmp_path / "adir.png").mkdir()
     with pytest.raises(UserError, match="is a folder, not an image"):
         _batch(tmp_path / "adir.png")
-    from alexnet_deploy.preprocess import run_preprocess
+    from alexnet_deploy.preprocessing import run_preprocess
 
     with pytest.raises(UserError, match="is a folder, not an image"):
         run_preprocess([tmp_path / "adir.png"], tmp_path, tmp_path / "x.npy")

@@ -77,6 +77,22 @@ def test_every_served_model_answers_as_validate_requires_over_http_and_grpc(serv
 
 @needs_server
 @pytest.mark.slow
+def test_serving_leaves_every_artifact_as_its_manifest_hashed_it(server, resnet18_export):
+    """The Python-backend models import model.py from the repository; nothing may be written there
+    (a __pycache__ would change the folder's hash and validate would then refuse the export)."""
+    from alexnet_deploy.manifest import verify_integrity
+
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    client = http.InferenceServerClient(server.http_url)
+    for model in (m for m in server.loaded if "_python_" in m):
+        _infer(client, http, model, x)
+    manifest = Manifest.read(resnet18_export)
+    assert [a.path for a in manifest.artifacts if verify_integrity(manifest, a) is not None] == []
+    assert not list((resnet18_export / "triton").rglob("__pycache__"))
+
+
+@needs_server
+@pytest.mark.slow
 def test_image_ensemble_top1_equals_local_preprocessing_and_model(server, resnet18_export, images, tmp_path):
     from alexnet_deploy.data import preprocess_files
 
