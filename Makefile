@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_out
 # What the C++ programs in export/cpp need beyond the Python environment (Debian package names).
 CPP_DEBS := cmake g++ nlohmann-json3-dev libjpeg62-turbo-dev libpng-dev libstb-dev
 
-.PHONY: demo test lint install cpp-deps clean
+.PHONY: demo test lint install cpp-deps perf-analyzer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ demo: $(STAMP)
 
 test: $(STAMP) cpp-deps
 	$(BIN)/python -m pytest -q
+
+# Triton's load tool for benchmarks/serve_load.py (not needed by the tests): .venv/perf-analyzer/
+perf-analyzer: $(STAMP)
+	VENV=$(VENV) bash benchmarks/get_perf_analyzer.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check alexnet_deploy tests benchmarks
