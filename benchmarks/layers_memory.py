@@ -3,10 +3,11 @@
 For each backend named, runs `alexnet-deploy validate DIR --images 0 --backends B` with and without
 `--layers` in child processes (alternating, ROUNDS times each) and reads each child's peak resident set
 from the kernel (os.wait4's ru_maxrss). The export defaults to an untrained AlexNet at 224 px (memory
-does not depend on the weights) written to WORK/export with ONNX, OpenVINO and torch.export. Writes
+does not depend on the weights) written to WORK/<arch>/export with ONNX, OpenVINO and torch.export;
+--archs names other registered architectures (each at its default input size). Writes
 benchmarks/results/layers-memory-<machine>-<date>.{json,md}.
 
-    .venv/bin/python benchmarks/layers_memory.py [--export DIR] [--work-dir DIR] [--rounds 2]
+    .venv/bin/python benchmarks/layers_memory.py [--archs alexnet,resnet50] [--work-dir DIR] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -25,29 +26,50 @@ sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
 from alexnet_deploy.machine import library_versions, machine_info, machine_slug  # noqa: E402
 
+ARCHS = ("alexnet", "resnet50", "mobilenet_v3_large")  # plain, residual, depthwise + squeeze-excite
+
 BACKENDS = ("onnxruntime-cpu", "openvino", "torch-export")
 CLI = [sys.executable, "-m", "alexnet_deploy"]
 
 
-def make_export(work: Path) -> Path:
+def make_export(work: Path, arch: str) -> Path:
     """Run in a child (--make-export): Linux keeps a process's peak RSS across exec, so the
     measured children must be forked from a parent that never held a model."""
     import torch
 
     from alexnet_deploy.exporters import export_all
-    from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
+    from alexnet_deploy.models import ModelCard, build_model, default_input, save_weights
 
-    out = work / "export"
+    out = work / arch / "export"
     if (out / "manifest.json").is_file():
         return out
     torch.manual_seed(0)
-    card = ModelCard(arch="alexnet", num_classes=1000, classes=[f"class{i}" for i in range(1000)],
-                     input=InputSpec.for_size(224), data={})
-    weights = work / "weights.safetensors"
-    save_weights(build_model("alexnet", 1000), card, weights)
+    card = ModelCard(arch=arch, num_classes=1000, classes=[f"class{i}" for i in range(1000)],
+                     input=default_input(arch), data={})
+    weights = work / arch / "weights.safetensors"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    model = build_model(arch, 1000)
+    settle_batch_norm(model, card.input.crop)
+    save_weights(model, card, weights)
     export_all(weights, out, formats=["onnx", "openvino", "torch-export"], max_batch=8, calib_images=8,
                show=False)
     return out
+
+
+def settle_batch_norm(model, size: int) -> None:
+    """An untrained network's BatchNorm layers hold mean 0 / variance 1, so in eval mode activations
+    grow block after block and the fp16 export fails its check on numbers no trained model has.
+    A few forward passes in train mode give the statistics of random inputs: the scale of a trained
+    network, still without training it."""
+    import torch
+
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    model.train()
+    with torch.no_grad():
+        for _ in range(8):
+            model(torch.randn(8, 3, size, size))
+    model.eval()
 
 
 def resource_mb() -> float:
@@ -68,25 +90,7 @@ def peak_mb(args: list[str], report: Path) -> tuple[float, int]:
     return usage.ru_maxrss / 1024, proc.returncode
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--export", type=Path, default=None)
-    ap.add_argument("--work-dir", type=Path, default=None)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--make-export", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="layers-memory-"))
-    work.mkdir(parents=True, exist_ok=True)
-    if args.make_export:
-        make_export(work)
-        return
-    export = args.export
-    if export is None:
-        subprocess.run([sys.executable, __file__, "--make-export", "--work-dir", str(work)], check=True)
-        export = work / "export"
-    parent = resource_mb()
-    load_before = [round(x, 2) for x in os.getloadavg()]
+def measure(export: Path, arch: str, args, work: Path) -> list[dict]:
     rows = []
     for backend in args.backends.split(","):
         plain, layered = [], []
@@ -96,13 +100,40 @@ def main() -> None:
             layered.append(peak_mb([*base, "--layers"], work / "layers.json")[0])
         detail = json.loads((work / "layers.json").read_text())
         notes = sorted({r.get("layers_note") or "" for r in detail["results"]})
-        rows.append({"backend": backend, "plain_peak_mb": round(min(plain), 1),
+        rows.append({"arch": arch, "backend": backend, "plain_peak_mb": round(min(plain), 1),
                      "layers_peak_mb": round(min(layered), 1),
-                     "ratio": round(min(layered) / min(plain), 2), "notes": notes})
+                     "ratio": round(min(layered) / min(plain), 2), "notes": notes,
+                     # honest artifacts of this architecture against the per-layer limits: null = none exceeded
+                     "first_divergence": {f"{r.get('precision')} {r.get('artifact')}": r.get("first_divergence")
+                                          for r in detail["results"]},
+                     "layers_compared": {f"{r.get('precision')} {r.get('artifact')}": len(r.get("layers") or [])
+                                         for r in detail["results"]}})
         print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--make-export", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="layers-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.make_export:
+        make_export(work, args.make_export)
+        return
+    archs = args.archs.split(",")
+    for arch in archs:
+        subprocess.run([sys.executable, __file__, "--make-export", arch, "--work-dir", str(work)], check=True)
+    parent = resource_mb()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    rows = [row for arch in archs for row in measure(work / arch / "export", arch, args, work)]
     machine = machine_info()
     report = {"date": date.today().isoformat(), "machine": machine, "versions": library_versions(),
-              "export": str(export), "rounds": args.rounds, "measure": "min over rounds of each child's "
+              "archs": archs, "rounds": args.rounds, "measure": "min over rounds of each child's "
               "peak RSS (ru_maxrss), validate --images 0 (8 random inputs, batch sizes 1, 3, 8)",
               "parent_peak_mb": round(parent, 1), "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "results": rows}
@@ -110,10 +141,13 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# validate --layers peak memory ({report['date']})\n",
              f"{machine.get('cpu')}, load {load_before} before, {report['load_after']} after; "
-             f"{report['measure']}. Export: AlexNet 224 px, 1000 classes. The measuring parent peaked at "
+             f"{report['measure']}. Exports: untrained, 1000 classes, each architecture's default input size. The measuring parent peaked at "
              f"{report['parent_peak_mb']} MB (a floor for every child: the kernel keeps the peak across exec).\n",
-             "| backend | plain validate MB | --layers MB | ratio |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['backend']} | {r['plain_peak_mb']} | {r['layers_peak_mb']} | {r['ratio']} |" for r in rows]
+             "| architecture | backend | plain validate MB | --layers MB | ratio | layers compared | first divergence |",
+             "|---|---|---:|---:|---:|---|---|"]
+    lines += [f"| {r['arch']} | {r['backend']} | {r['plain_peak_mb']} | {r['layers_peak_mb']} | {r['ratio']} | "
+              f"{', '.join(f'{k}: {v}' for k, v in r['layers_compared'].items())} | "
+              f"{', '.join(f'{k}: {v}' for k, v in r['first_divergence'].items())} |" for r in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
 

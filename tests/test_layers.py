@@ -233,3 +233,28 @@ def test_a_file_that_changed_after_export_is_never_tapped(random_export, tmp_pat
     assert r.status == "FAIL" and r.reason.startswith("integrity: ")
     assert r.layers is None and r.first_divergence is None
     assert r.layers_note.startswith("layers not compared: ") and "sha256" in r.layers_note, r.layers_note
+
+
+@pytest.mark.slow
+def test_a_file_whose_module_scopes_were_stripped_says_layers_not_compared(exported_dir, tmp_path):
+    """A graph rewritten by a tool that drops node metadata (ONNX Runtime's optimizer does) maps no
+    operation to a module: that is "not compared", not a clean bill with every layer "fused"."""
+    import onnx
+
+    from alexnet_deploy.backends.onnx.layers import SCOPES_KEY
+
+    export, manifest = copy_export(exported_dir, tmp_path / "bare", [("onnx", "fp32")])
+    path = export / manifest.artifacts[0].path
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != SCOPES_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    save_onnx(model, path)
+    rehash(export, manifest)
+
+    report = validate(export, images=IMAGES, backends=["onnxruntime-cpu"], layers=True)
+    r = result_for(report, "onnx", "fp32", "onnxruntime-cpu")
+    assert r.passed  # the logits are untouched: the verdict stays theirs
+    assert r.layers is None and r.first_divergence is None
+    assert "layers not compared" in r.layers_note and "names a PyTorch module" in r.layers_note

@@ -186,6 +186,9 @@ def compare_layers(manifest: Manifest, artifact: Artifact, runner_cls: type, bat
     runner = runner_cls.from_artifact(manifest, artifact, threads=threads)
     taps = choose_taps(runner.layer_ops(), order)
     tapped = [n for n in order if n in taps]
+    if not tapped:  # otherwise every module reads "fused" and the result looks honest
+        raise CheckFailed(f"{artifact.path}: none of its operations names a PyTorch module (its "
+                          "export, or a tool run on it since, dropped the module scopes)")
     biggest = sorted((sizes[n] * len(rows) for n in tapped), reverse=True)[:2]
     budget = max(artifact.bytes, sum(biggest))
     groups = slices(tapped, sizes, len(rows), budget)

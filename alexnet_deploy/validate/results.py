@@ -46,13 +46,13 @@ class ValidationResult:
     load_s: float | None = None
     infer_s: float | None = None
     failures: list[str] = field(default_factory=list)
-    # validate --layers: the first module past its per-layer limit (None: none, or not compared),
-    # every module's figures, and why layers were not compared when they were asked for
     # the precision it computed in, measured from its error signature (validate/precision.py; None:
     # not measured), with the errors against float64 it was read from
     computes_in: str | None = None
     precision_errors: dict[str, float] = field(default_factory=dict)
     precision_note: str | None = None
+    # validate --layers: the first module past its per-layer limit (None: none, or not compared),
+    # every module's figures, and why layers were not compared when they were asked for
     first_divergence: dict[str, Any] | None = None
     layers: list[dict[str, Any]] | None = None
     layers_note: str | None = None

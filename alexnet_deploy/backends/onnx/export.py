@@ -225,7 +225,10 @@ def quantize_static_int8(fp32_path: Path, dst: Path, calib: np.ndarray, batch: i
     )
 
     pre = dst.with_name(f".pre-{dst.name}")
-    quant_pre_process(str(fp32_path), str(pre))
+    # shape inference only: ONNX Runtime's graph optimizer drops node metadata, and with it the module
+    # scopes `validate --layers` maps by (MobileNetV3: every node lost them), while the exporter's
+    # graph is already constant-folded with batch norms merged into convolutions
+    quant_pre_process(str(fp32_path), str(pre), skip_optimization=True)
     quantize_static(str(pre), str(dst), _Reader(calib, batch=batch),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=True,
