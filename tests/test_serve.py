@@ -39,6 +39,21 @@ def server(resnet18_export):
     assert s.process.poll() is not None  # stopped
 
 
+@pytest.fixture
+def connect():
+    """Clients closed after the test: at shutdown the server waits for open HTTP connections, up to
+    its 30 s exit timeout (measured: that was the whole of a 30 s teardown)."""
+    made = []
+
+    def make(module, url, **kwargs):
+        made.append(module.InferenceServerClient(url, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def images(demo_data) -> list[Path]:
     folders = sorted(p for p in (demo_data / "val").iterdir() if p.is_dir())
@@ -61,12 +76,12 @@ def _judged(export, x, y, precision, tmp_path):
 
 @needs_server
 @pytest.mark.slow
-def test_every_served_model_answers_as_validate_requires_over_http_and_grpc(server, resnet18_export, tmp_path):
+def test_every_served_model_answers_as_validate_requires_over_http_and_grpc(server, resnet18_export, tmp_path, connect):
     python_models = [m for m in server.loaded if "_python_" in m]
     assert sorted(python_models) == ["resnet18_python_onnxruntime_fp16", "resnet18_python_onnxruntime_fp32",
                                      "resnet18_python_onnxruntime_int8"]
     x = np.random.default_rng(7).standard_normal((3, 3, 64, 64)).astype(np.float32)
-    clients = ((http.InferenceServerClient(server.http_url), http), (grpc.InferenceServerClient(server.grpc_url), grpc))
+    clients = ((connect(http, server.http_url), http), (connect(grpc, server.grpc_url), grpc))
     for model in python_models:
         precision = model.rsplit("_", 1)[1]
         for client, module in clients:
@@ -77,13 +92,13 @@ def test_every_served_model_answers_as_validate_requires_over_http_and_grpc(serv
 
 @needs_server
 @pytest.mark.slow
-def test_serving_leaves_every_artifact_as_its_manifest_hashed_it(server, resnet18_export):
+def test_serving_leaves_every_artifact_as_its_manifest_hashed_it(server, resnet18_export, connect):
     """The Python-backend models import model.py from the repository; nothing may be written there
     (a __pycache__ would change the folder's hash and validate would then refuse the export)."""
     from alexnet_deploy.manifest import verify_integrity
 
     x = np.zeros((1, 3, 64, 64), np.float32)
-    client = http.InferenceServerClient(server.http_url)
+    client = connect(http, server.http_url)
     for model in (m for m in server.loaded if "_python_" in m):
         _infer(client, http, model, x)
     manifest = Manifest.read(resnet18_export)
@@ -93,7 +108,7 @@ def test_serving_leaves_every_artifact_as_its_manifest_hashed_it(server, resnet1
 
 @needs_server
 @pytest.mark.slow
-def test_image_ensemble_top1_equals_local_preprocessing_and_model(server, resnet18_export, images, tmp_path):
+def test_image_ensemble_top1_equals_local_preprocessing_and_model(server, resnet18_export, images, tmp_path, connect):
     from alexnet_deploy.data import preprocess_files
 
     manifest = Manifest.read(resnet18_export)
@@ -107,7 +122,7 @@ def test_image_ensemble_top1_equals_local_preprocessing_and_model(server, resnet
             (tmp_path / f"{i}.jpg").write_bytes(data)
         blobs.append(data)
     files = [images[0]] + [tmp_path / f"{i}.jpg" for i in range(1, len(images))]
-    client = http.InferenceServerClient(server.http_url)
+    client = connect(http, server.http_url)
     r = _infer(client, http, "resnet18_image", np.array([[b] for b in blobs], dtype=object), "image", "BYTES")
     x = preprocess_files(files, manifest.card)
     report = _judged(resnet18_export, x, r.as_numpy("logits"), "fp32", tmp_path)
@@ -124,15 +139,15 @@ def test_image_ensemble_top1_equals_local_preprocessing_and_model(server, resnet
 
 @needs_server
 @pytest.mark.slow
-def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, resnet18_export, tmp_path):
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, resnet18_export, tmp_path, connect):
     model = "resnet18_python_onnxruntime_fp32"
-    client = http.InferenceServerClient(server.http_url, concurrency=8)
+    client = connect(http, server.http_url, concurrency=8)
     xs = np.random.default_rng(3).standard_normal((16, 1, 3, 64, 64)).astype(np.float32)
     before = _batches(client, model)
     results = [None] * len(xs)
 
     def send(i):
-        results[i] = _infer(http.InferenceServerClient(server.http_url), http, model, xs[i]).as_numpy("logits")
+        results[i] = _infer(connect(http, server.http_url), http, model, xs[i]).as_numpy("logits")
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(xs))]
     for t in threads:
@@ -154,8 +169,8 @@ def _batches(client, model) -> dict[int, int]:
 
 @needs_server
 @pytest.mark.slow
-def test_bad_requests_get_errors_and_the_server_keeps_serving(server):
-    client = http.InferenceServerClient(server.http_url)
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, connect):
+    client = connect(http, server.http_url)
     model = "resnet18_python_onnxruntime_fp32"
     bad = [(model, np.zeros((1, 3, 32, 32), np.float32), "images", "FP32"),   # wrong shape
            (model, np.zeros((1, 3, 64, 64), np.float64), "images", "FP64"),   # wrong dtype
@@ -180,8 +195,8 @@ def _error(client, model, x) -> str:
 
 @needs_server
 @pytest.mark.slow
-def test_unload_reload_and_production_configs_fail_on_their_backend_not_their_config(server):
-    client = http.InferenceServerClient(server.http_url)
+def test_unload_reload_and_production_configs_fail_on_their_backend_not_their_config(server, connect):
+    client = connect(http, server.http_url)
     model = "resnet18_python_onnxruntime_int8"
     client.unload_model(model)
     assert not client.is_model_ready(model)
