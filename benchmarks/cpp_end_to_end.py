@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
 from alexnet_deploy.machine import machine_info, machine_slug  # noqa: E402
+from benchmarks.common import photo as sample_photo  # noqa: E402
+from benchmarks.common import untrained_alexnet  # noqa: E402
 
 SIZES = [(4032 // 4, 3024 // 4), (1280, 960), (640, 480), (512, 600), (800, 600), (1600, 1200), (720, 1280),
          (300, 400)]
@@ -63,24 +65,13 @@ def build(work: Path) -> Path:
 
 
 def export(work: Path) -> Path:
-    import torch
-    import torchvision
-
-    import alexnet_deploy as ad
-
-    out = work / "export"
-    if not (out / "manifest.json").exists():
-        torch.manual_seed(0)
-        card = {"num_classes": 1000, "input": {"crop": 224}}
-        ad.export(torchvision.models.alexnet(), out, formats=["onnx"], card=card, max_batch=max(BATCHES))
-    return out / "alexnet.onnx"
+    return untrained_alexnet(work / "export", ["onnx"], max(BATCHES)) / "alexnet.onnx"
 
 
 def images(work: Path) -> list[Path]:
-    import matplotlib.cbook
     from PIL import Image
 
-    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    photo = Image.open(sample_photo()).convert("RGB")
     folder = work / "images"
     folder.mkdir(exist_ok=True)
     paths = []

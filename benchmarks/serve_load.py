@@ -37,9 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
-from alexnet_deploy.machine import machine_info, machine_slug  # noqa: E402
+from alexnet_deploy.machine import library_versions, machine_info, machine_slug  # noqa: E402
+from benchmarks.common import PHOTO, untrained_alexnet  # noqa: E402
+from benchmarks.common import photo as sample_photo  # noqa: E402
 
-PHOTO = "grace_hopper.jpg"  # matplotlib's sample photograph, 512 x 600
 CSV_US = {"client_send": "Client Send", "network_server": "Network+Server Send/Recv", "server_queue": "Server Queue",
           "compute_input": "Server Compute Input", "compute_infer": "Server Compute Infer",
           "compute_output": "Server Compute Output", "client_recv": "Client Recv", "p50": "p50 latency",
@@ -60,27 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def export(work: Path) -> Path:
-    import torch
-    import torchvision
-
-    import alexnet_deploy as ad
-
-    out = work / "export"
-    if not (out / "manifest.json").exists():
-        torch.manual_seed(0)
-        card = {"num_classes": 1000, "input": {"crop": 224}}
-        ad.export(torchvision.models.alexnet(), out, formats=["onnx", "triton"], card=card, max_batch=8)
-    return out
-
-
 def photo(work: Path) -> Path:
-    import matplotlib.cbook
-
+    """The photograph, alone in a folder (the in-process benchmark's --images takes a folder)."""
     folder = work / "photos"
     folder.mkdir(exist_ok=True)
     path = folder / PHOTO
-    shutil.copy(matplotlib.cbook.get_sample_data(PHOTO, asfileobj=False), path)
+    shutil.copy(sample_photo(), path)
     return path
 
 
@@ -244,8 +230,9 @@ def markdown(result: dict) -> str:
 
 def versions(exe: Path) -> dict[str, str]:
     pa = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
-    found = {"perf_analyzer": (pa.stdout + pa.stderr).strip().splitlines()[0].split("Version")[-1].strip()}
-    for dist in ("tritonclient", "nvidia-pytriton", "onnxruntime"):
+    found = {**library_versions(),
+             "perf_analyzer": (pa.stdout + pa.stderr).strip().splitlines()[0].split("Version")[-1].strip()}
+    for dist in ("tritonclient", "nvidia-pytriton"):
         found[dist] = metadata.version(dist)
     return found
 
@@ -257,7 +244,7 @@ def main(argv=None) -> int:
     concurrency = [int(c) for c in args.concurrency.split(",")]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="serve-load-"))
     work.mkdir(parents=True, exist_ok=True)
-    export_dir = args.export or export(work)
+    export_dir = args.export or untrained_alexnet(work / "export", ["onnx", "triton"], max_batch=8)
     image = photo(work)
     start = machine_info()
     result = {"settings": {"concurrency": concurrency, "window_ms": args.window_ms, "stability": args.stability,
