@@ -1,11 +1,20 @@
 """Trust check for the benchmark harness: on the same fp32 ONNX, thread count, batch size and fp32
-inference, this harness's median latency must agree within 10% with
+inference, this harness must agree within 10% with
 
-  - OpenVINO's own `benchmark_app` (installed with the openvino wheel), for the `openvino` runner, and
-  - a bare `onnxruntime.InferenceSession.run` loop, for the `onnxruntime-cpu` runner.
+  - OpenVINO's own `benchmark_app` (installed with the openvino wheel), for the `openvino` runner:
+      * median latency against `-hint none -nstreams 1 -api sync` (one stream, tuned by hand),
+      * median latency against `-hint latency` (the plugin's own latency configuration),
+      * wall-clock throughput with N requests in flight (`benchmark --concurrency N`, through
+        Runner.in_flight) against `-hint throughput -api async`, N being the number of infer
+        requests benchmark_app chooses; our sweep over N = 1, 2, 4 is reported beside it;
+  - a bare `onnxruntime.InferenceSession.run` loop, for the `onnxruntime-cpu` runner (median latency).
+
+benchmark_app refuses -nthreads together with a hint (a rule of its command line, not of OpenVINO),
+so under a hint the thread count goes in through -load_config; -ip f32 keeps its input float32 like
+ours (else it feeds u8 through an added Convert).
 
 Measurements alternate for --rounds rounds, every other round in reverse order (ABBA), so drift
-from other processes hits both sides alike; each side's figure is the median of its round medians.
+from other processes hits both sides alike; each side's figure is the median of its round figures.
 Writes benchmarks/results/agreement-<machine>-<date>.{json,md}; exit 0 when every pair agrees, 1 if not.
 
     .venv/bin/python benchmarks/agreement_check.py [--export-dir DIR] [--batch-sizes 1,8] [--threads N]
@@ -14,6 +23,7 @@ Writes benchmarks/results/agreement-<machine>-<date>.{json,md}; exit 0 when ever
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -29,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
 from alexnet_deploy.bench.harness import (  # noqa: E402
+    MIN_CALLS,
     make_inputs,
     precision_name,
     reported_precision,
@@ -56,8 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------
-# The two sides
+# The sides
 # ---------------------------------------------------------------------------------------------
+SWEEP = (1, 2, 4)  # the concurrencies our own sweep tries, for information beside the pair
+MEDIAN = r"Median:\s+([\d.]+)\s*ms"  # benchmark_app's latency figure
+FPS = r"Throughput:\s+([\d.]+)\s*FPS"  # its images per second: batch * iterations / wall time
+
+
 def harness_median(runner_name: str, manifest: Manifest, artifact: Artifact, batch: int, threads: int,
                    args) -> tuple[float, dict]:
     """The harness's own path: the registered runner, timed by time_runner (as benchmark() does)."""
@@ -68,7 +84,9 @@ def harness_median(runner_name: str, manifest: Manifest, artifact: Artifact, bat
         inputs = make_inputs(batch, manifest.card.input.shape)
         runner.infer(inputs[0])
         timing, _ = time_runner(runner, inputs, {"warmup_s": args.warmup_s, "duration_s": args.duration_s})
-        facts = {"stable": timing.stable, "calls": len(timing.samples_ms)}
+        # wall_ips: what benchmark() reports as concurrency 1's wall-clock throughput, the sweep's N = 1
+        facts = {"stable": timing.stable, "calls": len(timing.samples_ms),
+                 "wall_ips": batch * len(timing.samples_ms) / timing.timed_s}
         if precision := reported_precision(runner):
             facts["inference_precision"] = precision
         return timing.stats.p50, facts
@@ -76,25 +94,94 @@ def harness_median(runner_name: str, manifest: Manifest, artifact: Artifact, bat
         runner.deactivate()
 
 
-def benchmark_app_median(model: Path, batch: int, shape: list[int], threads: int, args) -> tuple[float, dict]:
-    """OpenVINO's benchmark_app, synchronous, one stream and request, fp32 inference, our threads."""
+def harness_in_flight(manifest: Manifest, artifact: Artifact, batch: int, threads: int, counts: list[int],
+                      args) -> dict[int, float]:
+    """Images per wall-clock second with n requests in flight, for each n in `counts`: the path
+    `benchmark --concurrency n` takes (Runner.in_flight, timed by time_in_flight), run for as long
+    as benchmark_app's -t so both sides see the same stretch of the machine's load."""
+    from alexnet_deploy.bench.timing import time_in_flight
+    from alexnet_deploy.runtimes import get_runner
+
+    runner = get_runner("openvino").from_artifact(manifest, artifact, threads=threads).activate()
+    try:
+        inputs = make_inputs(batch, manifest.card.input.shape)
+        found = {}
+        for n in counts:
+            flight = runner.in_flight(n)
+            try:
+                timing = time_in_flight(flight, inputs, n, warmup_s=args.warmup_s,
+                                        min_duration_s=app_seconds(args), min_calls=MIN_CALLS)
+            finally:
+                flight.close()
+            found[n] = timing.throughput(batch)
+        return found
+    finally:
+        runner.deactivate()
+
+
+def app_seconds(args) -> int:
+    return max(1, round(args.duration_s))  # benchmark_app's -t takes whole seconds only
+
+
+def benchmark_app_cmd(model: Path, batch: int, shape: list[int], mode: list[str], args) -> list[str]:
     app = shutil.which("benchmark_app", path=str(Path(sys.executable).parent)) or shutil.which("benchmark_app")
     if app is None:
         raise UserError("benchmark_app not found: it comes with the openvino wheel (pip install openvino)")
-    cmd = [app, "-m", str(model), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-nireq", "1",
-           "-api", "sync", "-nthreads", str(threads), "-infer_precision", "f32",
-           "-shape", "[" + ",".join(map(str, [batch, *shape])) + "]", "-t", str(max(1, round(args.duration_s)))]  # whole seconds only
+    # -layout names the batch axis, so "FPS" counts images rather than calls at batch > 1
+    return [app, "-m", str(model), "-d", "CPU", *mode, "-infer_precision", "f32", "-ip", "f32",
+            "-shape", "[" + ",".join(map(str, [batch, *shape])) + "]", "-layout", "[NCHW]",
+            "-t", str(app_seconds(args))]
+
+
+def run_benchmark_app(cmd: list[str], wanted: str) -> tuple[str, dict]:
+    """benchmark_app's output and the settings it says it compiled with; `wanted` is a regex the
+    output must hold (the figure the caller reads)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
-    median = re.search(r"Median:\s+([\d.]+)\s*ms", out)
-    if proc.returncode != 0 or not median:
+    if proc.returncode != 0 or not re.search(wanted, out):
         raise RuntimeError(f"benchmark_app failed (exit {proc.returncode}): {out[-2000:]}")
     facts = {"command": " ".join(cmd[1:])}
-    for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT"):
+    for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT",
+                "ENABLE_CPU_PINNING"):
         m = re.search(rf"{key}:\s+(.+)", out)
         if m:
             facts[key] = precision_name(m.group(1).strip())
-    return float(median.group(1)), facts
+    return out, facts
+
+
+def benchmark_app_median(model: Path, batch: int, shape: list[int], threads: int, args) -> tuple[float, dict]:
+    """OpenVINO's benchmark_app, synchronous, one stream and request, fp32 inference, our threads."""
+    mode = ["-hint", "none", "-nstreams", "1", "-nireq", "1", "-api", "sync", "-nthreads", str(threads)]
+    out, facts = run_benchmark_app(benchmark_app_cmd(model, batch, shape, mode, args), MEDIAN)
+    return float(re.search(MEDIAN, out).group(1)), facts
+
+
+def benchmark_app_latency_hint(model: Path, batch: int, shape: list[int], threads_config: Path,
+                               args) -> tuple[float, dict]:
+    """benchmark_app under -hint latency (synchronous, the plugin picks streams), our threads."""
+    mode = ["-hint", "latency", "-api", "sync", "-load_config", str(threads_config)]
+    out, facts = run_benchmark_app(benchmark_app_cmd(model, batch, shape, mode, args), MEDIAN)
+    return float(re.search(MEDIAN, out).group(1)), facts
+
+
+def benchmark_app_throughput(model: Path, batch: int, shape: list[int], threads_config: Path,
+                             args) -> tuple[float, dict]:
+    """benchmark_app under -hint throughput, asynchronous: images per second ("Throughput: X FPS",
+    batch * iterations / wall time) and, in the facts, the number of infer requests it chose."""
+    mode = ["-hint", "throughput", "-api", "async", "-load_config", str(threads_config)]
+    out, facts = run_benchmark_app(benchmark_app_cmd(model, batch, shape, mode, args), FPS)
+    facts["nireq"] = int(re.search(r"asynchronously, (\d+) inference requests", out).group(1))
+    seen = re.search(r"Model batch size:\s+(\d+)", out)
+    if not seen or int(seen.group(1)) != batch:  # else its FPS would not be images per second
+        raise RuntimeError(f"benchmark_app saw batch size {seen and seen.group(1)}, not {batch}")
+    return float(re.search(FPS, out).group(1)), facts
+
+
+def threads_config(folder: Path, threads: int) -> Path:
+    """A -load_config file carrying our thread count: benchmark_app takes -nthreads only with -hint none."""
+    path = folder / "benchmark_app_threads.json"
+    path.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads)}}))
+    return path
 
 
 def bare_ort_median(model: Path, batch: int, shape: list[int], threads: int, args) -> tuple[float, dict]:
@@ -144,73 +231,164 @@ def pick_onnx_fp32(manifest: Manifest) -> Artifact:
     return found[0]
 
 
-def compare(name: str, batch: int, harness: list, reference: list, tolerance: float) -> dict:
+LATENCY, THROUGHPUT = "p50 latency, ms", "throughput, images/s"
+
+
+def compare(name: str, batch: int, metric: str, harness: list, reference: list, tolerance: float) -> dict:
+    """One pair: each side's median over the rounds, the difference relative to the reference."""
     h = statistics.median(m for m, _ in harness)
     r = statistics.median(m for m, _ in reference)
     diff = abs(h - r) / r
-    return {"pair": name, "batch_size": batch, "harness_ms": round(h, 4), "reference_ms": round(r, 4),
-            "difference": round(diff, 4), "agree": diff <= tolerance,
-            "harness_rounds_ms": [round(m, 4) for m, _ in harness],
-            "reference_rounds_ms": [round(m, 4) for m, _ in reference],
+    return {"pair": name, "batch_size": batch, "metric": metric, "harness": round(h, 4),
+            "reference": round(r, 4), "difference": round(diff, 4), "agree": diff <= tolerance,
+            "harness_rounds": [round(m, 4) for m, _ in harness],
+            "reference_rounds": [round(m, 4) for m, _ in reference],
             "harness_facts": harness[-1][1], "reference_facts": reference[-1][1]}
+
+
+def in_flight_counts(n_app: int) -> list[int]:
+    """The concurrencies in_flight times: benchmark_app's N and our sweep's (N = 1 is the sync run)."""
+    return sorted({n_app} | (set(SWEEP) - {1}))
+
+
+def sweep(batch: int, sync: list, flights: list[dict[int, float]]) -> dict:
+    """Our `--concurrency 1,2,4` sweep, for information: each N's median over the rounds (N = 1 is
+    the synchronous run's wall-clock throughput, as benchmark() reports it) and the best N."""
+    rounds = {1: [f["wall_ips"] for _, f in sync]} | {n: [f[n] for f in flights] for n in SWEEP if n > 1}
+    medians = {n: round(statistics.median(v), 2) for n, v in rounds.items()}
+    return {"batch_size": batch, "images_per_s": medians, "best_n": max(medians, key=medians.get)}
+
+
+def measure_batch(batch: int, manifest: Manifest, artifact: Artifact, threads: int, config: Path,
+                  args) -> tuple[list[dict], dict, list[float]]:
+    """Every side at one batch size, in ABBA rounds: the pairs, our sweep, the 1-min load per round."""
+    model, shape = manifest.path_of(artifact), list(manifest.card.input.shape)
+    # The N benchmark_app picks under the throughput hint decides which in_flight(N) we time,
+    # so ask it once before the rounds (its figure is not used; each round re-reads N)
+    n_app = benchmark_app_throughput(model, batch, shape, config, args)[1]["nireq"]
+    counts = in_flight_counts(n_app)
+    measure = {
+        "ov": lambda: harness_median("openvino", manifest, artifact, batch, threads, args),
+        "app": lambda: benchmark_app_median(model, batch, shape, threads, args),
+        "app_latency": lambda: benchmark_app_latency_hint(model, batch, shape, config, args),
+        "ov_flight": lambda: (harness_in_flight(manifest, artifact, batch, threads, counts, args), {}),
+        "app_throughput": lambda: benchmark_app_throughput(model, batch, shape, config, args),
+        "ort": lambda: harness_median("onnxruntime-cpu", manifest, artifact, batch, threads, args),
+        "bare": lambda: bare_ort_median(model, batch, shape, threads, args),
+    }
+    sides: dict[str, list] = {k: [] for k in measure}
+    load = []
+    for rnd in range(args.rounds):
+        print(f"batch {batch}, round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        load.append(round(os.getloadavg()[0], 2))
+        # ABBA order: every other round reversed, so a trend in the machine's load favours neither side
+        for key in (measure if rnd % 2 == 0 else reversed(measure)):
+            sides[key].append(measure[key]())
+    flights = [by_n for by_n, _ in sides["ov_flight"]]
+    return pairs(batch, sides, flights, n_app, args.tolerance), sweep(batch, sides["ov"], flights), load
+
+
+def pairs(batch: int, sides: dict[str, list], flights: list[dict[int, float]], n_app: int,
+          tolerance: float) -> list[dict]:
+    """The four checks at one batch size from every side's round figures."""
+    ours = [(by_n[n_app], {"concurrency": n_app, "runner": "openvino", "path": "Runner.in_flight + time_in_flight"})
+            for by_n in flights]
+    checks = [
+        compare("openvino: harness vs benchmark_app -hint none -nstreams 1", batch, LATENCY,
+                sides["ov"], sides["app"], tolerance),
+        compare("openvino: harness vs benchmark_app -hint latency", batch, LATENCY,
+                sides["ov"], sides["app_latency"], tolerance),
+        compare(f"openvino: harness --concurrency {n_app} vs benchmark_app -hint throughput", batch, THROUGHPUT,
+                ours, sides["app_throughput"], tolerance),
+        compare("onnxruntime-cpu: harness vs bare InferenceSession.run loop", batch, LATENCY,
+                sides["ort"], sides["bare"], tolerance),
+    ]
+    # benchmark_app chooses N anew each run: keep every round's, so a change shows
+    checks[2]["reference_rounds_nireq"] = [f["nireq"] for _, f in sides["app_throughput"]]
+    return checks
 
 
 def run(args) -> dict:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     threads = args.threads or default_threads()
     machine = machine_info()
+    checks, sweeps, load = [], [], {}
     with tempfile.TemporaryDirectory(prefix="agreement-") as tmp:
         export_dir = args.export_dir or fresh_export(Path(tmp), max(batch_sizes))
         manifest = Manifest.read(export_dir)
         artifact = pick_onnx_fp32(manifest)
-        model, shape = manifest.path_of(artifact), list(manifest.card.input.shape)
-        checks = []
+        config = threads_config(Path(tmp), threads)
         for batch in batch_sizes:
-            measure = {
-                "ov": lambda b=batch: harness_median("openvino", manifest, artifact, b, threads, args),
-                "app": lambda b=batch: benchmark_app_median(model, b, shape, threads, args),
-                "ort": lambda b=batch: harness_median("onnxruntime-cpu", manifest, artifact, b, threads, args),
-                "bare": lambda b=batch: bare_ort_median(model, b, shape, threads, args),
-            }
-            sides: dict[str, list] = {k: [] for k in measure}
-            for rnd in range(args.rounds):
-                print(f"batch {batch}, round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
-                # ABBA order: every other round reversed, so a trend in the machine's load
-                # favours neither side
-                for key in (measure if rnd % 2 == 0 else reversed(measure)):
-                    sides[key].append(measure[key]())
-            checks.append(compare("openvino: harness vs benchmark_app", batch, sides["ov"], sides["app"],
-                                  args.tolerance))
-            checks.append(compare("onnxruntime-cpu: harness vs bare InferenceSession.run loop", batch,
-                                  sides["ort"], sides["bare"], args.tolerance))
+            found, swept, load[batch] = measure_batch(batch, manifest, artifact, threads, config, args)
+            checks += found
+            sweeps.append(swept)
     machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["load_avg_1min_per_round"] = load
     return {"passed": all(c["agree"] for c in checks), "tolerance": args.tolerance, "threads": threads,
-            "model": {"artifact": artifact.path, "input": shape, "precision": "fp32"},
+            "model": {"artifact": artifact.path, "input": list(manifest.card.input.shape), "precision": "fp32"},
             "settings": {"warmup_s": args.warmup_s, "duration_s": args.duration_s, "rounds": args.rounds},
-            "machine": machine, "versions": library_versions(), "notes": args.note, "checks": checks}
+            "machine": machine, "versions": library_versions(), "notes": args.note, "checks": checks,
+            "concurrency_sweep": sweeps}
 
 
 def render(report: dict) -> str:
     m = report["machine"]
-    rows = [[c["pair"], c["batch_size"], f"{c['harness_ms']:.3f}", f"{c['reference_ms']:.3f}",
-             f"{c['difference']:.1%}", "yes" if c["agree"] else "NO",
-             c["harness_facts"].get("inference_precision", "f32 (ORT CPU)"),
-             c["reference_facts"].get("INFERENCE_PRECISION_HINT", "f32 (ORT CPU)")] for c in report["checks"]]
     lines = [
         "# Benchmark harness agreement check", "",
-        f"- Result: **{'PASS' if report['passed'] else 'FAIL'}** (tolerance {report['tolerance']:.0%} on the median)",
+        f"- Result: **{'PASS' if report['passed'] else 'FAIL'}** (tolerance {report['tolerance']:.0%} on each "
+        "pair's median over the rounds)",
         f"- Machine: {m['cpu']}, {m['cores_physical']} physical cores, ISA {', '.join(m['isa'])}",
-        f"- Load average at start / end: {m.get('load_avg_start')} / {m.get('load_avg_end')}",
+        f"- Load average at start / end: {m.get('load_avg_start')} / {m.get('load_avg_end')}; 1-min load at "
+        "each round's start, by batch size: "
+        + "; ".join(f"{b}: {v}" for b, v in m.get("load_avg_1min_per_round", {}).items()),
         f"- Threads: {report['threads']}; model {report['model']['artifact']} input {report['model']['input']}, fp32",
         f"- Per measurement: warm-up {report['settings']['warmup_s']} s, {report['settings']['duration_s']} s "
-        f"timed; {report['settings']['rounds']} alternating rounds (ABBA order), median of round medians",
+        f"timed; {report['settings']['rounds']} alternating rounds (ABBA order), median of the round figures",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
         *(f"> {n}" for n in report["notes"]), "",
-        markdown_table(["pair", "batch", "harness p50 ms", "reference p50 ms", "difference", "agree",
-                        "harness precision", "reference precision"], rows),
-        "benchmark_app, e.g. batch 1: `" + report["checks"][0]["reference_facts"]["command"] + "`", "",
+        checks_table(report["checks"]), "",
+        rounds_table(report["checks"]), "",
+        sweep_table(report["concurrency_sweep"]), "",
+        "benchmark_app commands, batch 1:", "",
+        *sorted({f"- `{c['reference_facts']['command']}`" for c in report["checks"]
+                 if c["batch_size"] == report["checks"][0]["batch_size"] and "command" in c["reference_facts"]}), "",
     ]
     return "\n".join(lines)
+
+
+def checks_table(checks: list[dict]) -> str:
+    def settings(facts: dict) -> str:
+        if "command" not in facts:
+            return facts.get("inference_precision", "f32 (ORT CPU)")
+        streams = f", {facts.get('NUM_STREAMS')} stream(s)"
+        nireq = f", {facts['nireq']} requests" if "nireq" in facts else ""
+        return f"{facts.get('INFERENCE_PRECISION_HINT')}, {facts.get('PERFORMANCE_HINT') or 'no hint'}{streams}{nireq}"
+
+    rows = [[c["pair"], c["batch_size"], c["metric"], f"{c['harness']:.3f}", f"{c['reference']:.3f}",
+             f"{c['difference']:.1%}", "yes" if c["agree"] else "NO",
+             c["harness_facts"].get("inference_precision", c["harness_facts"].get("path", "f32 (ORT CPU)")),
+             settings(c["reference_facts"])] for c in checks]
+    return markdown_table(["pair", "batch", "metric", "harness", "reference", "difference", "agree",
+                           "harness", "reference settings"], rows)
+
+
+def rounds_table(checks: list[dict]) -> str:
+    """Each round's harness / reference figure: on a shared machine the spread between rounds shows
+    how far the medians can be trusted."""
+    rows = [[c["pair"], c["batch_size"], *(f"{h:.4g} / {r:.4g}" for h, r in
+                                          zip(c["harness_rounds"], c["reference_rounds"], strict=True))]
+            for c in checks]
+    count = max(len(c["harness_rounds"]) for c in checks)
+    return ("Round by round (harness / reference, in the check's unit):\n\n"
+            + markdown_table(["pair", "batch", *(f"round {i + 1}" for i in range(count))], rows))
+
+
+def sweep_table(sweeps: list[dict]) -> str:
+    counts = sorted({n for s in sweeps for n in s["images_per_s"]})
+    rows = [[s["batch_size"], *(f"{s['images_per_s'][n]:.1f}" for n in counts), s["best_n"]] for s in sweeps]
+    return ("Our `openvino` runner's concurrency sweep (images/s, for information; N = 1 is the synchronous "
+            "run's wall-clock throughput):\n\n"
+            + markdown_table(["batch", *(f"N = {n}" for n in counts), "best N"], rows))
 
 
 def main(argv=None) -> int:
