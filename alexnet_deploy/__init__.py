@@ -7,7 +7,7 @@ The public Python API (alexnet_deploy.api), as thin re-exports resolved on first
     export(model_or_weights, out, formats=..., card=...)   -> Manifest
     validate(export_dir, data=...)                          -> ValidationReport
     benchmark(export_dir, batch_sizes=...)                  -> BenchmarkReport
-    recommend(export_dir, ...)                              -> Manifest with `recommended`
+    recommend(export_dir, latency_ms=..., scenario=...)     -> dict, also DIR/recommendation.json
     compare_outputs(export_dir, inputs_npy, outputs_npy)    -> ValidationReport
     preprocess(images, card, out_npy)                       -> Path of the .npy batch
     UserError, CheckFailed                                  what they raise

@@ -26,7 +26,7 @@ def export(model: Any, out: str | os.PathLike, formats: Sequence[str] | None = N
     """Export an nn.Module object or a weights path (as `alexnet-deploy export`) into `out`.
     `card`: a ModelCard or a dict in manifest.json's `card` form, missing fields defaulted.
     `options`: export_all's (opset, calib_data, calib_images, device, force, arch, classes,
-    image_size). Returns the written Manifest."""
+    image_size, weight_compression). Returns the written Manifest."""
     from alexnet_deploy.exporters import export_all
 
     if model_def is not None:

@@ -24,7 +24,7 @@ import numpy as np
 from alexnet_deploy.card import ModelCard, printable
 from alexnet_deploy.compare import Verdict, judge
 from alexnet_deploy.errors import CheckFailed, exception_line
-from alexnet_deploy.manifest import Artifact, Manifest, verify_integrity
+from alexnet_deploy.manifest import CALIBRATED, Artifact, Manifest, verify_integrity
 from alexnet_deploy.tolerances import Limits, limits_for
 
 if TYPE_CHECKING:
@@ -185,12 +185,12 @@ class Eager:
     _heldout: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def inputs(self, artifact: Artifact) -> np.ndarray:
-        """A seeded batch of 2. int8 artifacts get two held-out calibration images instead of
-        noise: their activation ranges are calibrated on real images, and Gaussian noise (out of
-        that distribution, clipped) flips near-tie decisions of small demo models without saying
-        anything about the images the artifact is for."""
+        """A seeded batch of 2. Calibrated artifacts (int8, int4w-a8) get two held-out calibration
+        images instead of noise: their activation ranges are calibrated on real images, and Gaussian
+        noise (out of that distribution, clipped) flips near-tie decisions of small demo models
+        without saying anything about the images the artifact is for."""
         n = min(SMOKE_BATCH, artifact.batch.max)
-        if artifact.precision == "int8":
+        if artifact.precision in CALIBRATED:
             held = self.heldout()[:n]
             if len(held) == n:
                 return np.ascontiguousarray(held, np.float32)

@@ -233,13 +233,17 @@ class _FormatsOption(click.Option):
 @click.option("--calib-data", default=None, type=click.Path(path_type=Path),
               help="Images for int8 calibration [default: the card's val data, else demo data].")
 @click.option("--calib-images", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--weight-compression", is_flag=True,
+              help="Also write OpenVINO IRs whose weights NNCF compressed (fewer bytes read at batch 1): "
+                   "int8w (int8 weights), int4w (int4 Linears), int4w-a8 (int8 activations, int4 "
+                   "Linears). Needs openvino in --formats and nncf.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Device the torch formats (aoti, torchscript, torch-export) are built for.")
 # The choices are bench.recommend.TARGETS (not imported here: --help stays instant; a test keeps them equal).
 @click.option("--target", default=None, type=click.Choice(["cpu"]),
-              help="After the export, run `alexnet-deploy recommend OUT` on it: time every checked "
-                   "runner x artifact here and record the fastest per precision (fp32, bf16, int8) in "
-                   "the manifest's `recommended` section.")
+              help="After the export, run `alexnet-deploy recommend OUT` on it: validate and time every "
+                   "runner x artifact here and write the fastest per precision (fp32, bf16, int8, and the weight-compressed ones) to "
+                   "OUT/recommendation.json.")
 @click.option("--arch", default=None, type=_RegistryChoice("alexnet_deploy.models:MODELS"),
               help="Architecture of a bare state dict [default: detected from its tensor names and "
                    "shapes; a safetensors file's card names its own].")
@@ -264,8 +268,7 @@ def export(weights, out, formats, target, **kwargs):
     if target is not None:
         from alexnet_deploy.bench.recommend import recommend_export
 
-        recommend_export(out, target=target, calib_data=kwargs["calib_data"],
-                         calib_images=kwargs["calib_images"], show=True)
+        recommend_export(out, target=target, show=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,15 +281,29 @@ def export(weights, out, formats, target, **kwargs):
 @click.option("--latency-ms", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Also answer: which candidate, at which batch size, gives the most images/s with "
                    "p99 within this budget (and why each other one lost).")
-def recommend(export_dir, threads, latency_ms):
-    """Time every checked runner x artifact of EXPORT_DIR on this machine and record the fastest per
-    precision (fp32, bf16, int8) in its manifest's `recommended` section (`benchmark` marks them).
+# The choices are bench.loadgen.SCENARIOS (not imported here: --help stays instant; a test keeps them equal).
+@click.option("--scenario", default=None, type=click.Choice(["single-stream", "multi-stream", "server", "offline"]),
+              help="Judge the candidates by this MLPerf LoadGen scenario instead (server: the highest "
+                   "rate whose p99 stays within --latency-ms); only LoadGen-VALID runs can win.")
+@click.option("--max-accuracy-drop", default=None, type=float,  # its range: recommend (one rule, one line)
+              help="Only candidates whose top-1 accuracy on the labelled images drops by at most this "
+                   "fraction (0.01 = one point) [default: validate's limit per precision].")
+@click.option("--data", "data_dir", default=None, type=click.Path(path_type=Path),
+              help="Labelled images for the gate [default: the card's val data when it exists].")
+@click.option("--images", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Labelled images validate's gate uses.")
+@click.option("--report", default=None, type=click.Path(path_type=Path),
+              help="JSON path [default: EXPORT_DIR/recommendation.json]; Markdown beside it.")
+def recommend(export_dir, **kwargs):
+    """Which runner x artifact of EXPORT_DIR to ship on this machine: every candidate must pass
+    validate's gate, those that do are timed, and the fastest per precision (fp32, bf16, int8, ...) is
+    written to EXPORT_DIR/recommendation.json (`benchmark` marks them).
 
-    A candidate counts only after it passes the same check against eager PyTorch as export's; the
-    timing is brief (a choice between runtimes, not a published figure: use `benchmark` for that)."""
+    The timing is brief (a choice between runtimes, not a published figure: use `benchmark` for that)."""
     from alexnet_deploy.bench.recommend import recommend_export
 
-    recommend_export(export_dir, threads=threads, show=True, latency_ms=latency_ms)
+    _check_report_paths(export_dir, kwargs["report"], "recommendation")
+    recommend_export(export_dir, show=True, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class ExportContext:
     device: str = "cpu"
     calib_data: Path | None = None
     calib_images: int = 256
+    weight_compression: bool = False  # also the weight-compressed IRs (an `options` entry of openvino)
     artifacts: list[Artifact] = field(default_factory=list)  # produced earlier in this run
 
     def sample(self, n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -93,6 +94,9 @@ class Exporter(ABC):
     requires: ClassVar[tuple[str, ...]] = ()  # formats exported first (openvino needs onnx)
     after: ClassVar[tuple[str, ...]] = ()  # exported first when chosen too, never auto-included
     needs_calibration: ClassVar[bool] = False  # export checks the calibration data up front
+    # Export options (ExportContext fields) only some formats act on: asking for one that no planned
+    # format takes is refused before anything is built (a flag that silently did nothing would lie).
+    options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def unavailable_reason(cls, device: str) -> str | None:
@@ -102,6 +106,11 @@ class Exporter(ABC):
     @classmethod
     def check_request(cls, opset: int) -> None:
         """Refuse settings this format cannot honour (one line), before anything is built."""
+        return None
+
+    @classmethod
+    def option_unavailable_reason(cls, option: str) -> str | None:
+        """None when this format can act on `option` (one of its `options`) here, else why not."""
         return None
 
     @abstractmethod
@@ -149,6 +158,24 @@ def plan_formats(requested: list[str] | None, device: str = "cpu") -> tuple[list
     return ordered(names), []
 
 
+def check_options(order: list[str], skipped: list[Skipped], options: dict[str, Any]) -> None:
+    """Each option that is set must be taken by a planned format that can act on it here."""
+    for option, value in options.items():
+        if not value:
+            continue
+        flag = "--" + option.replace("_", "-")
+        takers = [n for n, cls in EXPORTERS.items() if option in cls.options]
+        planned = [n for n in order if n in takers]
+        if not planned:
+            why = "".join(f" ({s.format}: {s.reason})" for s in skipped if s.format in takers)
+            raise UserError(f"{flag} applies to the {', '.join(takers)} format, which this export does not "
+                            f"include{why}: add it to --formats")
+        for n in planned:
+            reason = EXPORTERS[n].option_unavailable_reason(option)
+            if reason:
+                raise UserError(f"{flag}: {reason}")
+
+
 def ordered(names: list[str]) -> list[str]:
     """`names` plus the formats they require, each after its `requires` and after its `after`
     formats when those are exported too; among formats that are ready, registry order."""
@@ -182,14 +209,15 @@ def export_all(weights: Any, out: str | os.PathLike, formats: list[str] | None =
                calib_images: int = 256, device: str = "cpu", force: bool = False,
                show: bool = True, arch: str | None = None,
                classes: str | os.PathLike | None = None, card: ModelCard | dict | None = None,
-               image_size: int | None = None) -> Manifest:
+               image_size: int | None = None, weight_compression: bool = False) -> Manifest:
     """Export `weights` (a weights path, 'torchvision', or an nn.Module object) into `out` as
     `formats` (default 'all'); returns the written manifest. Every artifact passes its smoke check
     before it is listed: a failed check raises CheckFailed and leaves `out` as it was.
     `arch` names the architecture of a bare state dict whose own cannot be detected
     (models.load_weights); `classes` a names file or ImageFolder that names its classes
     (data.read_class_names); `card` fields (a ModelCard or manifest.json's `card` form) replace
-    the weights' own; `image_size` the input side of a card that does not fix it."""
+    the weights' own; `image_size` the input side of a card that does not fix it;
+    `weight_compression` adds OpenVINO IRs with NNCF-compressed weights (int8w, int4w, int4w-a8)."""
     from alexnet_deploy.calibration import resolve_calib_data
     from alexnet_deploy.manifest import MAX_BATCH
     from alexnet_deploy.models import check_input_size
@@ -202,6 +230,7 @@ def export_all(weights: Any, out: str | os.PathLike, formats: list[str] | None =
     order, skipped = plan_formats(formats, device)
     for name in order:
         EXPORTERS[name].check_request(opset)
+    check_options(order, skipped, {"weight_compression": weight_compression})
     out = Path(out)
     # Where the result goes is checked before anything is loaded or built.
     check_output_dir(out, staged=True)
@@ -218,7 +247,8 @@ def export_all(weights: Any, out: str | os.PathLike, formats: list[str] | None =
         calib = resolve_calib_data(card, calib_data) if needs_calib else None
         with staging(out) as stage:
             ctx = ExportContext(model=model, card=card, out=stage, max_batch=max_batch, opset=opset,
-                                device=device, calib_data=calib, calib_images=calib_images)
+                                device=device, calib_data=calib, calib_images=calib_images,
+                                weight_compression=weight_compression)
             manifest = _export_into(ctx, path if path is not None else card.source, order, skipped)
             manifest.write(stage)  # once, last: the manifest only ever lists finished, checked files
     manifest.root = out

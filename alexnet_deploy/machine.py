@@ -129,7 +129,7 @@ def library_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version(), "alexnet_deploy": _own_version()}
     for dist in ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
-                 "openvino", "tensorrt", "numpy", "safetensors"):
+                 "openvino", "nncf", "tensorrt", "numpy", "safetensors"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions

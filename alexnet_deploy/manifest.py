@@ -49,7 +49,18 @@ class Precision(enum.StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
-    INT8 = "int8"
+    INT8 = "int8"  # int8 weights and int8 activations (calibrated)
+    # Weight-only compression: the weights are stored in fewer bits, the graph's activations stay
+    # float (a runtime may still quantize them on the fly; the artifact's extra["activations"] says).
+    INT8W = "int8w"  # every weight int8
+    INT4W = "int4w"  # the Linears' weights int4 (groups sharing a scale), the others int8
+    INT4W_A8 = "int4w-a8"  # int8 activations and convolution weights (calibrated), int4 Linear weights
+
+
+# Precisions whose activation ranges were calibrated on images (export's int8 calibration set), and
+# those whose weights NNCF compressed to integers (roofline reads their bytes, tolerances their limits).
+CALIBRATED = (Precision.INT8.value, Precision.INT4W_A8.value)
+WEIGHT_COMPRESSED = (Precision.INT8W.value, Precision.INT4W.value, Precision.INT4W_A8.value)
 
 
 FORMATS = tuple(f.value for f in Format if f is not Format.WEIGHTS)
@@ -242,7 +253,8 @@ class Manifest(Contract):
     artifacts: list[Artifact] = Field(default_factory=list)
     skipped: list[Skipped] = Field(default_factory=list)
     versions: dict[str, Any] = Field(default_factory=dict)
-    # `export --target cpu`: the fastest checked (runner, artifact) per precision on the export machine
+    # Read only: where recommend wrote its picks before it had its own file (DIR/recommendation.json);
+    # benchmark still marks them for such exports. Nothing writes it now.
     recommended: dict[str, Any] = Field(default_factory=dict)
     root: SkipJsonSchema[Path | None] = Field(None, exclude=True)  # the export folder; not serialised
 

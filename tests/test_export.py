@@ -247,8 +247,8 @@ def test_export_target_is_export_then_recommend(monkeypatch, capsys, random_weig
     code, _, err = run_main(capsys, "export", random_weights, "--out", out, "--formats", "torchscript",
                             "--max-batch", "2", "--target", "cpu")
     assert code == 0, err
-    # recommend ran on the finished export folder, with the export's calibration settings
-    assert calls == [("torchscript", {"target": "cpu", "calib_data": None, "calib_images": 256, "show": True})]
+    # recommend ran on the finished export folder (its gate: validate on the card's val data)
+    assert calls == [("torchscript", {"target": "cpu", "show": True})]
 
 
 # ---------------------------------------------------------------------------------------------

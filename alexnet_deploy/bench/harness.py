@@ -1,5 +1,6 @@
 """benchmark(): every (runner, batch size) of an export folder timed the same way, with the
-machine's roofline measured in the same run. Results are dataclasses; the JSON keys follow DESIGN.md."""
+machine's roofline: the weights' read rate measured in the same run, peak rates once per process
+(bench/roofline.py). Results are dataclasses; the JSON keys follow DESIGN.md."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from alexnet_deploy.bench import end_to_end, loadgen
 from alexnet_deploy.bench.end_to_end import EndToEnd
 from alexnet_deploy.bench.loadgen import ScenarioResult
+from alexnet_deploy.bench.picks import read_picks
 from alexnet_deploy.bench.timing import (
     CV_WARN,
     PERCENTILE_METHOD,
@@ -97,7 +99,7 @@ class BenchResult:
     inference_precision: str | None = None  # what the runtime says it computes in (OpenVINO), if it says
     note: str | None = None
     artifact: str = ""  # its path in the export folder
-    recommended: bool = False  # the manifest's pick for this precision (`export --target cpu`)
+    recommended: bool = False  # recommend's pick for this precision (DIR/recommendation.json)
     floor_wrong: bool = False  # efficiency above roofline.FLOOR_WRONG: the floor is not a floor
     concurrency: int = 1  # requests in flight (1: one synchronous stream)
     wall_throughput_ips: float | None = None  # items / wall-clock second of the timed run
@@ -470,7 +472,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     if not report.results:
         why = "; ".join(f"{s.backend}: {s.reason}" for s in report.skipped)
         raise UserError(f"no backend produced a result ({why})")
-    mark_recommended(report.results, manifest.recommended)
+    mark_recommended(report.results, read_picks(manifest))
     mark_best_concurrency(report.results)
     report.machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
         else None
@@ -498,11 +500,8 @@ def _final_floors(ctx: _RunContext, report: BenchmarkReport, weights: dict[str, 
         log.warning(note)
 
 
-def is_recommended(result: BenchResult, recommended: dict[str, Any]) -> bool:
-    pick = recommended.get("picks", {}).get(result.precision)
-    return bool(pick) and (pick["runner"], pick["artifact"]) == (result.backend, result.artifact)
-
-
-def mark_recommended(results: list[BenchResult], recommended: dict[str, Any]) -> None:
+def mark_recommended(results: list[BenchResult], picks: dict[str, dict[str, Any]]) -> None:
+    """Mark the rows that are recommend's pick for their precision (bench/picks.read_picks)."""
     for r in results:
-        r.recommended = is_recommended(r, recommended)
+        pick = picks.get(r.precision, {})
+        r.recommended = (pick.get("runner"), pick.get("artifact")) == (r.backend, r.artifact)

@@ -73,6 +73,7 @@ class ScenarioResult:
     latency_budget_ms: float | None = None
     accuracy_top1: float | None = None  # LoadGen's accuracy mode, scored as validate scores top-1
     summary: str = ""  # LoadGen's mlperf_log_summary.txt of the run the headline comes from
+    artifact: str = ""  # its path in the export folder
 
 
 class _SUT:
@@ -202,6 +203,7 @@ def run_scenario(runner: Any, artifact: Any, samples: np.ndarray, labels: np.nda
         headline /= 1e6  # ns -> ms
     return ScenarioResult(
         scenario=scenario, backend=runner.name, format=artifact.format, precision=artifact.precision,
+        artifact=artifact.path,
         valid=parsed["valid"], headline=headline, unit=unit, latency_ms=parsed["percentiles_ms"],
         samples=len(samples), runs=runs, why_invalid=[] if parsed["valid"] else parsed["unmet"],
         latency_budget_ms=latency_ms if scenario == "server" else None, accuracy_top1=accuracy,
@@ -213,6 +215,7 @@ def _cannot_meet(runner: Any, artifact: Any, samples: np.ndarray, expected_ms: f
     """One sample alone takes longer than the budget: no rate can meet it, so no LoadGen run is spent."""
     return ScenarioResult(
         scenario="server", backend=runner.name, format=artifact.format, precision=artifact.precision,
+        artifact=artifact.path,
         valid=False, headline=0.0, unit=HEADLINE["server"][1], latency_ms={"p50": expected_ms},
         samples=len(samples), latency_budget_ms=latency_ms,
         why_invalid=[f"one sample alone takes {expected_ms:.2f} ms (median of 5) > the {latency_ms:g} ms "

@@ -24,7 +24,7 @@ NOISY_NOTE = (f"{NOISY_MARK} cv above 1 %: latencies spread (trtexec warns at th
               "machine compare runs side by side, or raise --min-duration-s")
 RECOMMENDED_MARK = "*"
 RECOMMENDED_NOTE = (f"{RECOMMENDED_MARK} recommended: the fastest checked runner and artifact for its precision "
-                    "on the export machine (`export --target cpu`, in the manifest)")
+                    "on the machine `alexnet-deploy recommend` ran on (DIR/recommendation.json)")
 
 
 def _row(r: BenchResult) -> list:

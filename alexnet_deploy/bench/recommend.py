@@ -1,12 +1,16 @@
-"""`alexnet-deploy recommend DIR` (and `export --target cpu`, the CLI running export then this):
-time every checked candidate (runner x artifact) of an export on this machine and record the
-fastest per precision in the manifest's `recommended` section.
+"""`alexnet-deploy recommend DIR` (and `export --target cpu`, the CLI running export then this): which
+runner x artifact of an export to ship on this machine, written to its own file
+(DIR/recommendation.json and .md, or --report), never into export's manifest.
 
-A candidate counts only if it passed the smoke check *with that runner* (the one export ran, or the
-same check, checks.smoke_check, run here for runners export did not use, e.g. OpenVINO on the ONNX
-file or `openvino-bf16` on the fp32 IR). Candidates are then timed with the benchmark harness at
-batch 1 and batch 32 (or the export's max batch when smaller), beside torch eager fp32 from the
-same run.
+1. The gate is validate's: every candidate (runner x artifact for the target's device) goes through
+   `validate` on the card's labelled images (or --data), with its limits and the user's
+   --max-accuracy-drop; only those that pass are timed.
+2. The timing is the benchmark harness at batch 1 and batch 32 (or the export's max batch when
+   smaller), beside torch eager fp32 from the same run: per precision, the fastest is picked.
+3. --latency-ms answers "what do I ship for this p99": the candidate and batch size with the most
+   images per second whose p99 stays within it; with --scenario, MLPerf LoadGen's verdict instead
+   (server: the highest Poisson rate whose p99 stays within the budget). Every other candidate is
+   listed with why it lost.
 """
 
 from __future__ import annotations
@@ -17,137 +21,179 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alexnet_deploy.checks import Eager
+from alexnet_deploy.bench.picks import FILE
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("cpu",)
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "int8w", "int4w", "int4w-a8")
+# made only on request (export --weight-compression): missing from the picks only where the export has one
+OPTIONAL = ("int8w", "int4w", "int4w-a8")
 BATCH_SIZES = (1, 32)
+GATE_IMAGES = 200  # validate's default
 # Brief on purpose: a choice between runtimes several times apart, not a published figure
 # (`alexnet-deploy benchmark` and benchmarks/ measure properly).
 WARMUP_S, DURATION_S, MIN_DURATION_S = 0.3, 1.5, 0.3
 BASELINE = "torch-eager"
+# Which way each LoadGen scenario's headline is better (see bench/loadgen.HEADLINE)
+HIGHER_IS_BETTER = {"single-stream": False, "multi-stream": False, "server": True, "offline": True}
 
 
-def recommend(manifest: Manifest, eager: Eager, target: str = "cpu", threads: int | None = None,
+def recommend(manifest: Manifest, target: str = "cpu", threads: int | None = None,
               warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
-              latency_ms: float | None = None) -> dict[str, Any]:
-    """Check and time the candidates of `manifest` (read from `manifest.root`) for `target`
-    against `eager` (the export's weights); returns the `recommended` section (also stored on the
-    manifest; the caller writes it). With `latency_ms`, the section's `budget` answers "what do I
-    ship for this p99": see budget_pick."""
+              latency_ms: float | None = None, max_accuracy_drop: float | None = None,
+              scenario: str | None = None, data_dir: str | os.PathLike | None = None,
+              images: int = GATE_IMAGES) -> dict[str, Any]:
+    """Gate the candidates of `manifest` through validate, time those that pass, and return the
+    recommendation (see the module's docstring); nothing is written."""
     from alexnet_deploy.bench import benchmark
     from alexnet_deploy.runtimes import runners_for
 
-    check_target(target)
-    if latency_ms is not None and not latency_ms > 0:
-        raise UserError(f"--latency-ms must be > 0, got {latency_ms:g}")
+    check_options(target, latency_ms, max_accuracy_drop, scenario)
     choices = [c for c in runners_for(manifest) if c.available and c.artifact.precision in PRECISIONS
                and c.runner_cls.device == target]
-    checks = {_key(c.runner, c.artifact.path, c.artifact.precision): _check(manifest, c, eager)
-              for c in choices}
-    passed = {k for k, v in checks.items() if not v.get("failures")}
+    checks = gate(manifest, sorted({c.runner for c in choices}), max_accuracy_drop, data_dir, images)
+    checks = {k: v for k, v in checks.items() if k in {_key(c.runner, c.artifact.path, c.artifact.precision)
+                                                       for c in choices}}
+    passed = {k for k, v in checks.items() if not v["failures"]}
     cap = min((c.artifact.batch.max for c in choices if c.artifact.format != "weights"),
               default=max(BATCH_SIZES))
     sizes = sorted({min(b, cap) for b in BATCH_SIZES})
     report = benchmark(manifest.root, batch_sizes=sizes, warmup_s=warmup_s, duration_s=duration_s,
                        min_duration_s=min(MIN_DURATION_S, duration_s), threads=threads, device=target,
+                       scenarios=[scenario] if scenario else [], latency_ms=latency_ms if scenario else None,
                        only=lambda c: _key(c.runner, c.artifact.path, c.artifact.precision) in passed)
-    section = summarise(report, checks, sizes, target)
-    if latency_ms is not None:
+    section = summarise(report, checks, sizes, target, manifest)
+    section["gate"] = {"check": "validate", "images": next(iter(checks.values()), {}).get("images"),
+                       "max_accuracy_drop": max_accuracy_drop}
+    if scenario:
+        section["budget"] = scenario_pick(report.scenarios, checks, scenario, latency_ms)
+    elif latency_ms is not None:
         section["budget"] = budget_pick(report.results, checks, latency_ms)
-    manifest.recommended = section
     return section
+
+
+def check_options(target: str, latency_ms: float | None, max_accuracy_drop: float | None,
+                  scenario: str | None) -> None:
+    from alexnet_deploy.bench.loadgen import check_scenarios
+
+    if target not in TARGETS:
+        raise UserError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < 1:
+        raise UserError(f"--max-accuracy-drop takes a fraction: 0.01 is one percentage point "
+                        f"(got {max_accuracy_drop:g})")
+    check_scenarios([scenario] if scenario else [], latency_ms)
+
+
+def gate(manifest: Manifest, runners: list[str], max_accuracy_drop: float | None,
+         data_dir: str | os.PathLike | None, images: int) -> dict[str, dict[str, Any]]:
+    """validate's verdict per candidate key: what it measured, and its failures (empty: passed)."""
+    from alexnet_deploy.validate import validate
+
+    source = data_dir if data_dir is not None else manifest.card.data.get("val")
+    if max_accuracy_drop is not None and (source is None or not Path(source).is_dir() or images < 1):
+        raise UserError("--max-accuracy-drop needs labelled images and the card's val data is not here: "
+                        "pass --data DIR (class folders, or an ImageFolder root with val/)")
+    log.info(f"validating {len(runners)} runners' candidates before timing them")
+    report = validate(manifest.root, data_dir=data_dir, images=images, backends=runners,
+                      max_accuracy_drop=max_accuracy_drop)
+    keep = ("status", "top1_agreement", "max_abs", "cosine", "accuracy_top1", "accuracy_drop",
+            "computes_in", "limits", "images")
+    return {_key(r.backend, r.artifact, r.precision): {"runner": r.backend, **{k: getattr(r, k) for k in keep},
+                                                       "failures": list(r.failures) or
+                                                       ([r.reason] if r.passed is False else [])}
+            for r in report.results if r.passed is not None}
 
 
 def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads: int | None = None,
-                     warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
-                     calib_data: str | os.PathLike | None = None, calib_images: int = 256,
-                     show: bool = False, latency_ms: float | None = None) -> dict[str, Any]:
-    """Recommend for an export folder (just exported, or copied to another machine): the checks
-    compare with eager on the export's own copy of the weights (int8 on held-out images of
-    `calib_data`, default the card's val data); the manifest is rewritten in place. `show`: say
-    what it does on stderr and print the picks."""
-    from alexnet_deploy.calibration import resolve_calib_data
-    from alexnet_deploy.checks import reference_model
+                     warmup_s: float = WARMUP_S, duration_s: float = DURATION_S, show: bool = False,
+                     latency_ms: float | None = None, max_accuracy_drop: float | None = None,
+                     scenario: str | None = None, data_dir: str | os.PathLike | None = None,
+                     images: int = GATE_IMAGES, report: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Recommend for an export folder (just exported, or copied to another machine) and write the
+    recommendation to `report` (default DIR/recommendation.json, Markdown beside it). `show`: print
+    the picks."""
     from alexnet_deploy.files import check_output_file
+    from alexnet_deploy.report import write_report
 
-    check_target(target)
+    check_options(target, latency_ms, max_accuracy_drop, scenario)
     manifest = Manifest.read(export_dir)
-    check_output_file(Path(manifest.root) / "manifest.json", "manifest",
-                      hint="recommend rewrites it: copy the export folder somewhere writable")
-    eager = Eager(model=reference_model(manifest), card=manifest.card,
-                  calib_data=resolve_calib_data(manifest.card, calib_data), calib_images=calib_images)
-    log.info(f"timing the {target} candidates of {manifest.root} ...")
-    section = recommend(manifest, eager, target, threads, warmup_s, duration_s, latency_ms)
-    manifest.write(manifest.root)
+    path = Path(report) if report is not None else Path(manifest.root) / FILE
+    for p in (path, path.with_suffix(".md")):
+        check_output_file(p, "--report" if report is not None else "report",
+                          hint="choose another --report" if report is not None else "pass --report elsewhere")
+    log.info(f"checking and timing the {target} candidates of {manifest.root} ...")
+    section = recommend(manifest, target, threads, warmup_s, duration_s, latency_ms, max_accuracy_drop,
+                        scenario, data_dir, images)
+    write_report(path, section, to_markdown(section))
     if show:
         print_recommended(section)
+        print(f"recommendation: {path} and {path.with_suffix('.md')}")
     return section
-
-
-def check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise UserError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
 
 
 def _key(runner: str, path: str, precision: str) -> str:
     return f"{runner}|{path}|{precision}"
 
 
-def _check(manifest: Manifest, choice, eager: Eager) -> dict[str, Any]:
-    """The export's own smoke check when it used this runner on this file as stored, else the
-    same check (checks.smoke_check) run now; "failures" empty means passed."""
-    from alexnet_deploy.checks import smoke_check
-
-    if choice.artifact.format == "weights":  # the reference itself
-        return {"status": "ok", "runner": choice.runner, "reference": True, "failures": []}
-    done = choice.artifact.extra.get("check", {})
-    if done.get("runner") == choice.runner and done.get("status") == "ok" \
-            and choice.artifact.extra.get("stored_precision") is None:
-        return {**done, "failures": []}
-    result = smoke_check(manifest, choice.artifact, choice.runner_cls, eager)
-    return {**result.record(), "failures": result.failures}
+def _who(key: str) -> dict[str, str]:
+    runner, artifact, precision = key.split("|")
+    return {"runner": runner, "artifact": artifact, "precision": precision}
 
 
-def summarise(report, checks: dict[str, dict], sizes: list[int], target: str) -> dict[str, Any]:
-    """The recommended section: per precision the candidate with the smallest geometric mean of
-    its p50 ratios to torch eager fp32 over the batch sizes (so batch 1 and batch 32 weigh alike)."""
+def summarise(report, checks: dict[str, dict], sizes: list[int], target: str, manifest: Manifest) -> dict[str, Any]:
+    """Per precision the candidate with the smallest geometric mean of its p50 ratios to torch eager
+    fp32 over the batch sizes (so batch 1 and batch 32 weigh alike). Each row carries its
+    artifact's sha256, so a reader can tell a recommendation made for other files."""
+    shas = {a.path: a.sha256 for a in [manifest.weights_artifact(), *manifest.artifacts]}
     rows: dict[str, dict[str, Any]] = {}
     for r in report.results:
+        if r.concurrency != 1:
+            continue
         row = rows.setdefault(_key(r.backend, r.artifact, r.precision), {
             "runner": r.backend, "format": r.format, "precision": r.precision, "artifact": r.artifact,
-            "inference_precision": r.inference_precision, "p50_ms": {}, "efficiency": {}})
+            "sha256": shas.get(r.artifact, ""), "inference_precision": r.inference_precision,
+            "p50_ms": {}, "efficiency": {}})
         row["p50_ms"][str(r.batch_size)] = round(r.latency_ms.p50, 3)
         row["efficiency"][str(r.batch_size)] = round(r.efficiency, 3)
     base = next((v for v in rows.values() if v["runner"] == BASELINE), None)
-    for row in rows.values():
+    for key, row in rows.items():
         if base:
             row["ratio_to_torch_eager_fp32"] = {b: round(ms / base["p50_ms"][b], 3)
                                                 for b, ms in row["p50_ms"].items() if b in base["p50_ms"]}
-        row["check"] = _brief(checks.get(_key(row["runner"], row["artifact"], row["precision"]), {}))
+        row["check"] = _brief(checks.get(key, {}))
     complete = [v for v in rows.values() if len(v["p50_ms"]) == len(sizes)]
     picks, missing = {}, {}
     for p in PRECISIONS:
         mine = [v for v in complete if v["precision"] == p]
         if mine:
             picks[p] = min(mine, key=lambda v: _score(v, base))
-        else:
+        elif p not in OPTIONAL or any(a.precision == p for a in manifest.artifacts):
             missing[p] = _why_missing(p, checks, report)
     failed = [{"candidate": k.replace("|", " "), "failures": v["failures"]}
-              for k, v in checks.items() if v.get("failures")]
-    return {"target": target, "machine": {k: report.machine.get(k) for k in ("cpu", "cores_logical", "isa")},
+              for k, v in checks.items() if v["failures"]]
+    return {"export_dir": str(manifest.root), "target": target,
+            "machine": {k: report.machine.get(k) for k in ("cpu", "cores_logical", "isa")},
             "threads": report.settings["threads"], "batch_sizes": sizes,
             "load_avg": report.machine.get("load_avg_start"), "created": report.created,
-            "method": f"p50 over {report.settings['min_duration_s']}..{report.settings['duration_s']} s "
-                      f"(at least {report.settings['min_calls']} calls) per batch size after "
-                      f"{report.settings['warmup_s']} s warm-up; pick = smallest geometric mean of "
-                      "p50 / torch eager fp32 p50 over the batch sizes",
+            "versions": report.versions,
+            "method": f"validate's gate, then p50 over {report.settings['min_duration_s']}.."
+                      f"{report.settings['duration_s']} s (at least {report.settings['min_calls']} calls) per "
+                      f"batch size after {report.settings['warmup_s']} s warm-up; pick = smallest geometric mean "
+                      "of p50 / torch eager fp32 p50 over the batch sizes",
             "baseline": base, "picks": picks, "missing": missing, "failed_checks": failed,
             "candidates": sorted(rows.values(), key=lambda v: (v["precision"], _score(v, base)))}
+
+
+def _accuracy(check: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy_top1": check.get("accuracy_top1"), "accuracy_drop": check.get("accuracy_drop")}
+
+
+def _failed_runners_up(checks: dict[str, dict]) -> list[dict[str, Any]]:
+    return [{**_who(k), "lost_because": "failed validate's gate: " + "; ".join(c["failures"])}
+            for k, c in checks.items() if c["failures"]]
 
 
 def budget_pick(results: list, checks: dict[str, dict], latency_ms: float) -> dict[str, Any]:
@@ -160,9 +206,9 @@ def budget_pick(results: list, checks: dict[str, dict], latency_ms: float) -> di
         if r.concurrency != 1:
             continue
         key = _key(r.backend, r.artifact, r.precision)
-        row = {"runner": r.backend, "artifact": r.artifact, "precision": r.precision, "batch": r.batch_size,
-               "p99_ms": round(r.latency_ms.p99, 3), "images_per_s": round(r.wall_throughput_ips or r.throughput_ips, 1),
-               "within": r.latency_ms.p99 <= latency_ms}
+        row = {**_who(key), "batch": r.batch_size, "p99_ms": round(r.latency_ms.p99, 3),
+               "images_per_s": round(r.wall_throughput_ips or r.throughput_ips, 1),
+               "within": r.latency_ms.p99 <= latency_ms, **_accuracy(checks.get(key, {}))}
         old = best.get(key)
         if old is None or (row["within"], row["images_per_s"] if row["within"] else -row["p99_ms"]) > \
                 (old["within"], old["images_per_s"] if old["within"] else -old["p99_ms"]):
@@ -176,14 +222,39 @@ def budget_pick(results: list, checks: dict[str, dict], latency_ms: float) -> di
         why = (f"{v['images_per_s']} images/s at batch {v['batch']}, {v['images_per_s'] / pick['images_per_s']:.0%} "
                "of the pick's" if v["within"] else
                f"p99 {v['p99_ms']} ms > {latency_ms:g} ms even at batch {v['batch']}")
-        runners_up.append({**{k: v[k] for k in ("runner", "artifact", "precision", "batch", "p99_ms",
-                                                "images_per_s")}, "lost_because": why})
-    runners_up += [{"runner": k.split("|")[0], "artifact": k.split("|")[1], "precision": k.split("|")[2],
-                    "lost_because": "failed its check: " + "; ".join(c["failures"])}
-                   for k, c in checks.items() if c.get("failures")]
-    return {"latency_ms": latency_ms, "pick": pick and {k: pick[k] for k in pick if k != "within"},
+        runners_up.append({**{k: v[k] for k in v if k != "within"}, "lost_because": why})
+    return {"latency_ms": latency_ms, "scenario": None, "pick": pick and {k: pick[k] for k in pick if k != "within"},
             "none_because": None if pick else f"no candidate's p99 is within {latency_ms:g} ms at any timed "
-                                              "batch size", "runners_up": runners_up}
+                                              "batch size", "runners_up": runners_up + _failed_runners_up(checks)}
+
+
+def scenario_pick(scenarios: list, checks: dict[str, dict], scenario: str,
+                  latency_ms: float | None) -> dict[str, Any]:
+    """Among the LoadGen runs of `scenario` (each on a candidate that passed the gate), the best
+    VALID headline (server and offline: the most samples/s; single- and multi-stream: the lowest
+    latency percentile); every other candidate with why it lost (INVALID and why, or its figure)."""
+    higher = HIGHER_IS_BETTER[scenario]
+    rows = []
+    for s in scenarios:
+        if s.scenario != scenario:
+            continue
+        key = _key(s.backend, s.artifact, s.precision)
+        rows.append({**_who(key), "valid": s.valid, "headline": round(s.headline, 3), "unit": s.unit,
+                     "p99_ms": s.latency_ms.get("p99"), "why_invalid": s.why_invalid,
+                     **_accuracy(checks.get(key, {}))})
+    valid = sorted((r for r in rows if r["valid"]), key=lambda r: -r["headline"] if higher else r["headline"])
+    pick = valid[0] if valid else None
+    runners_up = []
+    for r in valid[1:]:
+        runners_up.append({**r, "lost_because": f"{r['headline']} {r['unit']} against the pick's {pick['headline']}"})
+    for r in rows:
+        if not r["valid"]:
+            runners_up.append({**r, "lost_because": "LoadGen INVALID: " + "; ".join(r["why_invalid"] or
+                                                                                     ["see its summary"])})
+    budget = f" with p99 <= {latency_ms:g} ms" if scenario == "server" else ""
+    return {"latency_ms": latency_ms if scenario == "server" else None, "scenario": scenario, "pick": pick,
+            "none_because": None if pick else f"no candidate ran the {scenario} scenario VALID{budget}",
+            "runners_up": runners_up + _failed_runners_up(checks)}
 
 
 def _score(row: dict[str, Any], base: dict[str, Any] | None) -> float:
@@ -193,7 +264,8 @@ def _score(row: dict[str, Any], base: dict[str, Any] | None) -> float:
 
 
 def _brief(check: dict[str, Any]) -> dict[str, Any]:
-    keep = ("status", "runner", "top1_agreement", "max_abs", "cosine", "limits", "reference")
+    keep = ("status", "runner", "top1_agreement", "max_abs", "cosine", "accuracy_top1", "accuracy_drop",
+            "computes_in", "limits")
     return {k: check[k] for k in keep if k in check}
 
 
@@ -202,9 +274,55 @@ def _why_missing(precision: str, checks: dict[str, dict], report) -> str:
     if not tried:
         skips = [f"{s.backend}: {s.reason}" for s in report.skipped if s.precision == precision]
         return "no runner here executes a " + precision + " artifact" + (f" ({'; '.join(skips)})" if skips else "")
-    return "no candidate passed its check and was timed: " + "; ".join(
-        f"{k.split('|')[0]} {k.split('|')[1]}: {'; '.join(checks[k].get('failures') or ['not timed'])}"
+    return "no candidate passed validate's gate and was timed: " + "; ".join(
+        f"{k.split('|')[0]} {k.split('|')[1]}: {'; '.join(checks[k]['failures'] or ['not timed'])}"
         for k in tried)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+def budget_line(budget: dict[str, Any]) -> str:
+    pick, limit, scenario = budget["pick"], budget["latency_ms"], budget.get("scenario")
+    ask = f"p99 <= {limit:g} ms" if limit is not None else f"the {scenario} scenario"
+    if scenario == "server" and limit is not None:
+        ask = f"p99 <= {limit:g} ms (LoadGen server)"
+    if pick is None:
+        return f"for {ask}: nothing to ship ({budget['none_because']})"
+    acc = "" if pick.get("accuracy_top1") is None else f", top-1 {pick['accuracy_top1']:.1%}"
+    if scenario:
+        return (f"for {ask} ship {pick['runner']} {pick['artifact']} ({pick['precision']}): "
+                f"{pick['headline']} {pick['unit']} (LoadGen VALID){acc}")
+    return (f"for {ask} ship {pick['runner']} {pick['artifact']} ({pick['precision']}) at batch {pick['batch']}: "
+            f"{pick['images_per_s']} images/s, p99 {pick['p99_ms']} ms{acc}")
+
+
+def runner_up_lines(budget: dict[str, Any]) -> list[str]:
+    return [f"  {r['runner']} {r['artifact']} ({r['precision']}): {r['lost_because']}" for r in budget["runners_up"]]
+
+
+def to_markdown(section: dict[str, Any]) -> str:
+    from alexnet_deploy.report import markdown_table
+
+    sizes = [str(b) for b in section["batch_sizes"]]
+    lines = [f"# Recommendation for {section['export_dir']}", "",
+             f"- Machine: {section['machine'].get('cpu')}, {section['threads']} threads, load average at "
+             f"start {section.get('load_avg')}", f"- Method: {section['method']}",
+             f"- Gate: validate on {section['gate'].get('images')} labelled images"
+             + (f", max accuracy drop {section['gate']['max_accuracy_drop']:g}"
+                if section["gate"].get("max_accuracy_drop") is not None else ""), ""]
+    if "budget" in section:
+        lines += [f"**{budget_line(section['budget'])}**", ""]
+        lines += [f"- {line.strip()}" for line in runner_up_lines(section["budget"])] + [""]
+    rows = [[p, v["runner"], v["artifact"], *(v["p50_ms"].get(b) for b in sizes),
+             _pct(v["check"].get("accuracy_top1"))] for p, v in section["picks"].items()]
+    lines.append(markdown_table(["precision", "runner", "artifact", *(f"p50 ms b{b}" for b in sizes), "top-1"], rows))
+    lines += [f"- no {p} pick: {why}" for p, why in section["missing"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{v:.1%}"
 
 
 def print_recommended(section: dict[str, Any]) -> None:
@@ -217,7 +335,7 @@ def print_recommended(section: dict[str, Any]) -> None:
     table = Table(title=f"recommended for this {section['target']} ({section['machine'].get('cpu')}, "
                         f"{section['threads']} threads)")
     for col in ("precision", "runner", "artifact", *(f"p50 ms b{b}" for b in sizes),
-                *(f"vs eager b{b}" for b in sizes)):
+                *(f"vs eager b{b}" for b in sizes), "top-1"):
         table.add_column(col, justify="left" if col in ("precision", "runner", "artifact") else "right")
     base = section.get("baseline")
     rows = [("fp32 (torch eager, baseline)", base)] if base else []
@@ -226,25 +344,12 @@ def print_recommended(section: dict[str, Any]) -> None:
         ratios = v.get("ratio_to_torch_eager_fp32", {})
         table.add_row(escape(label), escape(v["runner"]), escape(v["artifact"]),
                       *(f"{v['p50_ms'].get(b, float('nan')):.2f}" for b in sizes),
-                      *(f"{ratios[b]:.2f}x" if b in ratios else "-" for b in sizes))
+                      *(f"{ratios[b]:.2f}x" if b in ratios else "-" for b in sizes),
+                      _pct(v["check"].get("accuracy_top1")))
     console = make_console()
     console.print(table)
     for p, why in section["missing"].items():
         console.print(escape(f"no {p} recommendation: {why}"), highlight=False)
     if "budget" in section:
-        _print_budget(console, section["budget"])
-
-
-def _print_budget(console, budget: dict[str, Any]) -> None:
-    from rich.markup import escape
-
-    pick, limit = budget["pick"], budget["latency_ms"]
-    if pick is None:
-        console.print(escape(f"for p99 <= {limit:g} ms: nothing to ship ({budget['none_because']})"), highlight=False)
-    else:
-        console.print(escape(f"for p99 <= {limit:g} ms ship {pick['runner']} {pick['artifact']} ({pick['precision']}) "
-                             f"at batch {pick['batch']}: {pick['images_per_s']} images/s, p99 {pick['p99_ms']} ms"),
-                      highlight=False)
-    for r in budget["runners_up"]:
-        console.print(escape(f"  {r['runner']} {r['artifact']} ({r['precision']}): {r['lost_because']}"),
-                      highlight=False)
+        for line in [budget_line(section["budget"]), *runner_up_lines(section["budget"])]:
+            console.print(escape(line), highlight=False)

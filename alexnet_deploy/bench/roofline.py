@@ -45,12 +45,21 @@ ISA_OPS_PER_CYCLE = {
              ("ssse3", 64)),
 }
 SCALAR_OPS_PER_CYCLE = 8
-BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+# int4w / int4w-a8 store the Linears' weights in 4 bits and the convolutions' in 8: every weight is
+# counted at 4 bits, so the floor stays a lower bound (the convolutions hold 4 % of AlexNet's weights
+# and are compute-bound).
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int8w": 1, "int4w": 0.5, "int4w-a8": 0.5}
 # The rates that may bound each precision's arithmetic; the floor takes the fastest one measured,
 # so it stays a lower bound: fp32 on CUDA may run as TF32 (cuDNN's and TensorRT's default for
 # convolutions), an fp16 graph on a CPU may be computed in fp32. fp32 is the last resort.
+# Weight-compressed graphs compute in whatever the runtime chooses: float at the f32 / bf16 hints,
+# int8 where OpenVINO quantizes the compressed Linears' inputs on the fly; the fastest bounds them.
+_ANY_UNIT = ("gops_int8", "gflops_bf16", "gflops_fp32")
 PEAK_KEYS = {"fp32": ("gflops_fp32", "gflops_tf32"), "fp16": ("gflops_fp16", "gflops_fp32"),
-             "bf16": ("gflops_bf16",), "int8": ("gops_int8",)}
+             "bf16": ("gflops_bf16",), "int8": ("gops_int8",),
+             "int8w": _ANY_UNIT, "int4w": _ANY_UNIT, "int4w-a8": _ANY_UNIT}
+# The ISA_OPS_PER_CYCLE row whose theoretical peak bounds a precision (int8's units are the fastest)
+ISA_ROW = {"int8w": "int8", "int4w": "int8", "int4w-a8": "int8"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,9 +129,10 @@ def compute_peak(precision: str, roofline: dict) -> tuple[float, str]:
     measured = [k for k in PEAK_KEYS.get(precision, ()) if roofline.get(k)] or ["gflops_fp32"]
     key = max(measured, key=lambda k: roofline.get(k, 0.0))
     best, name = roofline.get(key, 0.0), f"{key}={roofline.get(key, 0.0):.0f} (measured)"
-    isa = roofline.get("isa_peak", {}).get(precision)
+    row = ISA_ROW.get(precision, precision)
+    isa = roofline.get("isa_peak", {}).get(row)
     if isa and isa["gops"] >= best:
-        best, name = isa["gops"], f"isa_peak {precision}={isa['gops']:.0f} ({isa['unit']})"
+        best, name = isa["gops"], f"isa_peak {row}={isa['gops']:.0f} ({isa['unit']})"
     return best, name
 
 
@@ -134,11 +144,11 @@ def floor_ms(cost: ModelCost, batch: int, precision: str, roofline: dict) -> tup
     bandwidth = bandwidth_gbps * 1e9
     width = BYTES_PER_WEIGHT.get(precision, 4)
     total, bounds = 0.0, []
-    for name, g in cost.groups.items():
+    for group, g in cost.groups.items():  # `name` stays the compute peak's, for the basis
         compute = 2 * g.macs * batch / peak
         memory = g.params * width / bandwidth
         total += max(compute, memory)
-        bounds.append(f"{name} {'compute' if compute >= memory else 'memory'}-bound")
+        bounds.append(f"{group} {'compute' if compute >= memory else 'memory'}-bound")
     basis = f"{name}, weights read at {bandwidth_gbps:.1f} GB/s; {', '.join(bounds)}"
     return total * 1e3, basis
 
@@ -207,31 +217,49 @@ def _read_gbps(nbytes: int, device: str, reps: int, sync) -> float:
     return x.numel() * 4 / seconds / 1e9
 
 
+# The machine's peak rates and DRAM bandwidth, measured once per process and thread count: the
+# floor takes the ISA peak where it is higher, and a later call could only measure them again as
+# busy or quiet as the first, so one measurement (with its time) serves every run in the process.
+_CPU_RATES: dict[int, dict] = {}
+
+
 def measure_cpu(threads: int, weight_bytes: dict[str, int]) -> dict:
-    """Peak matmul rates (fp32, fp16, bf16 where the CPU has it, int8) and read bandwidths: over
-    twice the last-level cache, and over each precision's `weight_bytes`."""
-    import psutil
+    """Peak matmul rates (fp32, fp16, bf16 where the CPU has it, int8) and the read bandwidth over
+    twice the last-level cache (once per process: _CPU_RATES), and the read rate over each
+    precision's `weight_bytes` (every run: the floor's memory term)."""
+    import copy
+
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        n = 2048 if threads <= 4 else 4096
-        out = {"device": "cpu", "threads": threads}
-        rates = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
-        if cpu_has_bf16():
-            rates["bf16"] = torch.bfloat16
-        _put_rates(out, rates, n, "cpu", 3, lambda: None)
-        # Larger than the last-level cache so the sum streams from memory, within free RAM.
-        llc = last_level_cache_bytes() or (64 << 20)
-        nbytes = int(min(max(2 * llc, 512 << 20), 2 << 30, psutil.virtual_memory().available // 4))
-        out["read_bytes"] = nbytes
-        out["read_gbps"] = _read_gbps(nbytes, "cpu", 3, lambda: None)
+        if threads not in _CPU_RATES:
+            _CPU_RATES[threads] = _cpu_rates(threads)
+        out = copy.deepcopy(_CPU_RATES[threads])
         out["read_gbps_weights"] = {p: _read_gbps(b, "cpu", 5, lambda: None) for p, b in weight_bytes.items()}
-        out.update(_isa_section(threads, out.get("gflops_fp32")))
     finally:
         torch.set_num_threads(previous)
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _cpu_rates(threads: int) -> dict:
+    import psutil
+    import torch
+
+    n = 2048 if threads <= 4 else 4096
+    out = {"device": "cpu", "threads": threads, "rates_measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    rates = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
+    if cpu_has_bf16():
+        rates["bf16"] = torch.bfloat16
+    _put_rates(out, rates, n, "cpu", 3, lambda: None)
+    # Larger than the last-level cache so the sum streams from memory, within free RAM.
+    llc = last_level_cache_bytes() or (64 << 20)
+    nbytes = int(min(max(2 * llc, 512 << 20), 2 << 30, psutil.virtual_memory().available // 4))
+    out["read_bytes"] = nbytes
+    out["read_gbps"] = _read_gbps(nbytes, "cpu", 3, lambda: None)
+    out.update(_isa_section(threads, out.get("gflops_fp32")))
+    return out
 
 
 def _isa_section(threads: int, measured_fp32: float | None) -> dict[str, Any]:
@@ -303,7 +331,7 @@ def measure_cuda(weight_bytes: dict[str, int]) -> dict:
 
 
 def weight_bytes(cost: ModelCost, precisions) -> dict[str, int]:
-    return {p: cost.params * BYTES_PER_WEIGHT.get(p, 4) for p in sorted(set(precisions))}
+    return {p: int(cost.params * BYTES_PER_WEIGHT.get(p, 4)) for p in sorted(set(precisions))}
 
 
 def measure(threads: int, cuda: bool, weight_bytes: dict[str, int]) -> dict:

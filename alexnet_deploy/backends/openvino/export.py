@@ -1,5 +1,6 @@
 """`openvino`: OpenVINO IR (.xml graph + .bin weights) converted from the fp32 ONNX, and, when NNCF
-is installed, an int8 IR quantized from it by NNCF's post-training quantization.
+is installed, an int8 IR quantized from it by NNCF's post-training quantization; with
+`export --weight-compression`, the IRs whose weights NNCF compressed (compress.py).
 
 Weights stay fp32 (compress_to_fp16=False): OpenVINO's default would halve them silently. The ONNX
 metadata (the card) is carried into the IR's rt_info under "framework".
@@ -15,17 +16,25 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from alexnet_deploy.backends.openvino.ir import nncf_quantized, quantization_facts, save_ir
 from alexnet_deploy.errors import UserError
 from alexnet_deploy.exporters import ExportContext, Exporter
-from alexnet_deploy.files import atomic_path, sha256_file
 from alexnet_deploy.manifest import Artifact
+
+if TYPE_CHECKING:
+    from alexnet_deploy.calibration import CalibrationSet
 
 
 class OpenVinoExporter(Exporter):
     name = "openvino"
     requires = ("onnx",)
-    needs_calibration = True  # the NNCF int8 IR
+    needs_calibration = True  # the NNCF int8 IR and the int4w-a8 one
+    options = ("weight_compression",)
 
     @classmethod
     def unavailable_reason(cls, device: str) -> str | None:
@@ -33,8 +42,16 @@ class OpenVinoExporter(Exporter):
             return "openvino is not installed (pip install 'alexnet-deploy[openvino]')"
         return None
 
+    @classmethod
+    def option_unavailable_reason(cls, option: str) -> str | None:
+        if importlib.util.find_spec("nncf") is None:
+            return "NNCF compresses the weights and is not installed (pip install 'alexnet-deploy[openvino]')"
+        return None
+
     def export(self, ctx: ExportContext) -> list[Artifact]:
         import openvino as ov
+
+        from alexnet_deploy.calibration import load_calibration
 
         started = time.perf_counter()
         source = ctx.find("onnx", "fp32")
@@ -43,58 +60,40 @@ class OpenVinoExporter(Exporter):
         model = ov.convert_model(str(ctx.out / source.path))
         fp32 = save_ir(ctx, model, ctx.card.file_stem, "fp32", started, {"source": source.path})
         # made beside the int8 ONNX, from the same calibration images, or not at all
-        if ctx.find("onnx", "int8") is None or importlib.util.find_spec("nncf") is None:
+        nncf_int8 = ctx.find("onnx", "int8") is not None and importlib.util.find_spec("nncf") is not None
+        if not (nncf_int8 or ctx.weight_compression):
             return [fp32]
-        return [fp32, quantize_nncf(ctx, model, ctx.out / fp32.path)]
+        started = time.perf_counter()
+        data = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images)  # once for all of them
+        made = [quantize_nncf(ctx, model, data, started)] if nncf_int8 else []
+        if ctx.weight_compression:
+            from alexnet_deploy.backends.openvino.compress import compressed_irs
+
+            made += compressed_irs(ctx, model, data)
+        record_agreement(ctx, ctx.out / fp32.path, made, data.heldout)
+        return [fp32, *made]
 
 
-def save_ir(ctx: ExportContext, model, stem: str, precision: str, started: float, extra: dict) -> Artifact:
-    import openvino as ov
-
-    xml, bin_ = ctx.out / "openvino" / f"{stem}.xml", ctx.out / "openvino" / f"{stem}.bin"
-    # save_model writes the .bin beside the .xml under the same stem: give both temporary
-    # names, publish the .bin first so a visible .xml always has its weights.
-    with atomic_path(xml) as tmp_xml:
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-        with atomic_path(bin_) as tmp_bin:
-            tmp_xml.with_suffix(".bin").replace(tmp_bin)
-    art = ctx.artifact(xml, "openvino", precision, started, device="cpu",
-                       input_name=model.inputs[0].get_any_name(),
-                       output_name=model.outputs[0].get_any_name(),
-                       extra={"files": {str(bin_.relative_to(ctx.out)): sha256_file(bin_)},
-                              "compress_to_fp16": False, **extra})
-    art.bytes += bin_.stat().st_size  # the size on disk is the pair's
+def quantize_nncf(ctx: ExportContext, model, data: CalibrationSet, started: float) -> Artifact:
+    """NNCF post-training quantization (its default: symmetric int8, per-channel weights, fast bias
+    correction) calibrated on the same images as the int8 ONNX."""
+    art = save_ir(ctx, nncf_quantized(model, data), f"{ctx.card.file_stem}.int8", "int8", started, {})
+    art.extra["quantization"] = quantization_facts(data)
     return art
 
 
-def quantize_nncf(ctx: ExportContext, model, fp32_xml) -> Artifact:
-    """NNCF post-training quantization (its default: symmetric int8, per-channel weights, fast bias
-    correction) calibrated on the same images as the int8 ONNX; agreement with the fp32 IR is
-    measured on the held-out images."""
-    import logging
-
-    import nncf
-    import numpy as np
+def record_agreement(ctx: ExportContext, fp32_xml: Path, arts: list[Artifact], heldout: np.ndarray) -> None:
+    """Each artifact's top-1 agreement with the fp32 IR on the held-out calibration images, as the
+    `openvino` runner computes (f32 hint) into extra["heldout_top1_agreement"]."""
     import openvino as ov
 
-    from alexnet_deploy.calibration import load_calibration
-
-    started = time.perf_counter()
-    nncf.set_log_level(logging.ERROR)
-    data = load_calibration(ctx.card, ctx.calib_data, ctx.calib_images)
-    samples = [data.calib[i:i + 1] for i in range(len(data.calib))]
-    quantized = nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples))
-    art = save_ir(ctx, quantized, f"{ctx.card.file_stem}.int8", "int8", started, {})
     core = ov.Core()
 
-    def top1(path) -> np.ndarray:
+    def top1(path: Path) -> np.ndarray:
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return np.concatenate([compiled(data.heldout[i:i + 8])[0].argmax(1)
-                               for i in range(0, len(data.heldout), 8)])
+        return np.concatenate([compiled(heldout[i:i + 8])[0].argmax(1) for i in range(0, len(heldout), 8)])
 
-    art.extra.update({"quantization": {"tool": f"nncf {nncf.__version__}", "method": "post-training "
-                      "(MinMax ranges, fast bias correction)", "calibration_images": len(samples),
-                      "calibration_source": data.source},
-                      "heldout_images": len(data.heldout),
-                      "heldout_top1_agreement": round(float((top1(fp32_xml) == top1(ctx.out / art.path)).mean()), 4)})
-    return art
+    reference = top1(fp32_xml)
+    for art in arts:
+        art.extra.update({"heldout_images": len(heldout), "heldout_top1_agreement":
+                          round(float((reference == top1(ctx.out / art.path)).mean()), 4)})

@@ -1,6 +1,12 @@
 """`openvino`: OpenVINO on the CPU, running an IR (.xml + .bin) or any exported ONNX directly, in
-the precision the artifact stores; `openvino-bf16`: the fp32 artifacts computed in bfloat16 on CPUs
-with bf16 units (AVX512-BF16 or AMX-BF16)."""
+the precision the artifact stores; `openvino-bf16`: the fp32 artifacts, and the weight-only
+compressed IRs (int8w, int4w), computed in bfloat16 on CPUs with bf16 units (AVX512-BF16 or AMX-BF16).
+
+Weight-compressed IRs (backends/openvino/compress.py) under `openvino`: OpenVINO's CPU plugin
+quantizes the compressed Linears' inputs to int8 on the fly at the f32 hint on CPUs with VNNI, in
+groups of DYNAMIC_QUANTIZATION_GROUP_SIZE values, which the IR itself sets (rt_info
+runtime_options; OpenVINO's default is 32). The runner sets no group size of its own, so it runs
+such a file as every other OpenVINO consumer of it does."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import numpy as np
 from alexnet_deploy.backends.openvino.layers import model_ops
 from alexnet_deploy.card import printable
 from alexnet_deploy.errors import CheckFailed
-from alexnet_deploy.manifest import Artifact
+from alexnet_deploy.manifest import WEIGHT_COMPRESSED, Artifact
 from alexnet_deploy.runtimes import InFlight, LayerOp, Runner
 
 
@@ -145,7 +151,8 @@ class _AsyncQueue(InFlight):
 
 class OpenVinoBf16Runner(OpenVinoRunner):
     """fp32 weights, bf16 arithmetic: about half the weight traffic and the CPU's bf16 dot-product
-    units, at bf16's 8-bit mantissa (validated with the bf16 limits in tolerances.py)."""
+    units, at bf16's 8-bit mantissa (validated with the bf16 limits in tolerances.py). Weight-only
+    compressed IRs (int8w, int4w) too: their weights are read as stored and decompressed to bf16."""
 
     name = "openvino-bf16"
     inference_precision = "bf16"
@@ -161,6 +168,20 @@ class OpenVinoBf16Runner(OpenVinoRunner):
                       "emulate bf16 more slowly than fp32")
         return reason
 
+    # int8 graphs (int8, int4w-a8) are not: their quantized layers compute in int8 whatever the
+    # hint, and bf16 between them measured no faster (benchmarks/results/cpu-fast-*.md)
+    ACCEPTED = ("fp32", "int8w", "int4w")
+
     @classmethod
     def accepts(cls, artifact: Artifact) -> bool:
-        return super().accepts(artifact) and artifact.precision == "fp32"
+        return super().accepts(artifact) and artifact.precision in cls.ACCEPTED
+
+    @classmethod
+    def as_executed(cls, artifact: Artifact) -> Artifact:
+        """An fp32 file is labelled bf16 (what it computes in); a weight-compressed one keeps its
+        label: its weights' rounding, not bf16's, bounds its answers (int8 limits) and its weights'
+        bytes bound its floor. The arithmetic is noted in extra["computed_in"]."""
+        if artifact.precision not in WEIGHT_COMPRESSED:
+            return super().as_executed(artifact)
+        return artifact.model_copy(update={"extra": {**artifact.extra,
+                                                     "computed_in": f"{cls.computes_in} ({cls.name})"}})
