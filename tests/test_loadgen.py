@@ -4,6 +4,7 @@ model so that every run meets LoadGen's own minimums (early stopping needs hundr
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,6 +65,18 @@ def test_every_scenario_is_valid_by_loadgens_rules_and_accuracy_is_validates_top
     session = ort.InferenceSession(str(tiny_export / "tiny.onnx"), providers=["CPUExecutionProvider"])
     top1 = float(np.mean(session.run(None, {session.get_inputs()[0].name: samples})[0].argmax(1) == labels))
     assert all(r.accuracy_top1 == pytest.approx(top1) for r in fp32.values())
+
+
+def test_offline_on_torch_eager_batches_within_the_sample_set(tiny_export):
+    """torch eager runs the weights, whose batch range is the manifest's whole 1..65536: the offline
+    rate was probed on the sample set but scaled by 65536, so LoadGen was asked for one query of
+    tens of millions of samples (a 64 px AlexNet grew past 6 GB and never finished)."""
+    report = ad.benchmark(tiny_export, [1], backends=["torch-eager"], warmup_s=0, duration_s=0.3,
+                          min_duration_s=0.3, scenarios=["offline"])
+    (r,) = report.scenarios
+    assert r.valid and r.backend == "torch-eager", (r.why_invalid, r.summary[-1500:])
+    per_query = int(re.search(r"samples_per_query\s*:\s*(\d+)", r.summary).group(1))
+    assert per_query / r.headline < 30, (per_query, r.headline)  # seconds of work at its own rate, not hours
 
 
 def report_card(export):
