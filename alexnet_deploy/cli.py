@@ -302,8 +302,7 @@ def recommend(export_dir, **kwargs):
     The timing is brief (a choice between runtimes, not a published figure: use `benchmark` for that)."""
     from alexnet_deploy.bench.recommend import recommend_export
 
-    _check_report_paths(export_dir, kwargs["report"], "recommendation")
-    recommend_export(export_dir, show=True, **kwargs)
+    recommend_export(export_dir, show=True, **kwargs)  # it checks the report path before any work
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,7 +118,6 @@ def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads
     from alexnet_deploy.files import check_output_file
     from alexnet_deploy.report import write_report
 
-    check_options(target, latency_ms, max_accuracy_drop, scenario)
     manifest = Manifest.read(export_dir)
     path = Path(report) if report is not None else Path(manifest.root) / FILE
     for p in (path, path.with_suffix(".md")):
