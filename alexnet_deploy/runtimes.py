@@ -130,6 +130,9 @@ class Runner(ABC):
     layer_taps: ClassVar[bool] = False
     no_layers_reason: ClassVar[str] = "this runner cannot read intermediate tensors"
     layers_caveat: ClassVar[str | None] = None  # what the layer figures are of, when not the artifact itself
+    # marking some outputs can change what the runtime computes for others: validate --layers
+    # measures a failing module again with its tensor alone marked before it believes the failure
+    layer_marks_interfere: ClassVar[bool] = False
 
     def __init__(self, path: str | os.PathLike, card: ModelCard, batch: BatchRange | None = None, *,
                  threads: int | None = None, precision: str = "fp32", shown: str | None = None) -> None:

@@ -107,9 +107,22 @@ def measure(export: Path, arch: str, args, work: Path) -> list[dict]:
                      "first_divergence": {f"{r.get('precision')} {r.get('artifact')}": r.get("first_divergence")
                                           for r in detail["results"]},
                      "layers_compared": {f"{r.get('precision')} {r.get('artifact')}": len(r.get("layers") or [])
-                                         for r in detail["results"]}})
+                                         for r in detail["results"]},
+                     # how close honest artifacts come to their depth-scaled limits
+                     "closest_to_limit": {f"{r.get('precision')} {r.get('artifact')}": closest_to_limit(r)
+                                          for r in detail["results"] if r.get("layers")}})
         print(rows[-1], flush=True)
     return rows
+
+
+def closest_to_limit(result: dict) -> dict | None:
+    """The measured layer with the largest rel_l2 / limit: its module, depth, reading and limit."""
+    judged = [x for x in result["layers"] if x.get("rel_l2") is not None and x.get("limit")]
+    if not judged:
+        return None
+    worst = max(judged, key=lambda x: x["rel_l2"] / x["limit"])
+    return {"module": worst["module"], "depth": worst.get("depth"), "rel_l2": worst["rel_l2"],
+            "limit": worst["limit"], "ratio": round(worst["rel_l2"] / worst["limit"], 3)}
 
 
 def main() -> None:
@@ -118,6 +131,7 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--note", default="", help="a sentence for the report: what was left out, and why")
     ap.add_argument("--make-export", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="layers-memory-"))
@@ -135,7 +149,7 @@ def main() -> None:
     report = {"date": date.today().isoformat(), "machine": machine, "versions": library_versions(),
               "archs": archs, "rounds": args.rounds, "measure": "min over rounds of each child's "
               "peak RSS (ru_maxrss), validate --images 0 (8 random inputs, batch sizes 1, 3, 8)",
-              "parent_peak_mb": round(parent, 1), "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+              "note": args.note, "parent_peak_mb": round(parent, 1), "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "results": rows}
     stem = REPO / "benchmarks" / "results" / f"layers-memory-{machine_slug(machine)}-{report['date']}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -143,13 +157,21 @@ def main() -> None:
              f"{machine.get('cpu')}, load {load_before} before, {report['load_after']} after; "
              f"{report['measure']}. Exports: untrained, 1000 classes, each architecture's default input size. The measuring parent peaked at "
              f"{report['parent_peak_mb']} MB (a floor for every child: the kernel keeps the peak across exec).\n",
-             "| architecture | backend | plain validate MB | --layers MB | ratio | layers compared | first divergence |",
-             "|---|---|---:|---:|---:|---|---|"]
+             *([args.note + "\n"] if args.note else []),
+             "| architecture | backend | plain validate MB | --layers MB | ratio | layers compared | first divergence | closest to its limit |",
+             "|---|---|---:|---:|---:|---|---|---|"]
     lines += [f"| {r['arch']} | {r['backend']} | {r['plain_peak_mb']} | {r['layers_peak_mb']} | {r['ratio']} | "
               f"{', '.join(f'{k}: {v}' for k, v in r['layers_compared'].items())} | "
-              f"{', '.join(f'{k}: {v}' for k, v in r['first_divergence'].items())} |" for r in rows]
+              f"{', '.join(f'{k}: {v}' for k, v in r['first_divergence'].items())} | "
+              f"{', '.join(f'{k}: {closest_text(v)}' for k, v in r['closest_to_limit'].items())} |" for r in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
+
+
+def closest_text(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    return f"{c['module']} (depth {c['depth']}) {c['rel_l2']:.3g} of {c['limit']:.3g}"
 
 
 if __name__ == "__main__":

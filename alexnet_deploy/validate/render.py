@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from alexnet_deploy.tolerances import LAYER_DEPTH
 from alexnet_deploy.validate.results import FAIL, OK, SKIPPED, ValidationReport, ValidationResult
 
 
@@ -46,7 +47,7 @@ def _row(r: ValidationResult) -> list[str]:
             _pct(r.accuracy_top1), _points(r.accuracy_drop)]
 
 
-LAYER_COLUMNS = ("module", "kind", "status", "rel L2", "max abs", "cosine", "limit")
+LAYER_COLUMNS = ("module", "kind", "status", "rel L2", "max abs", "cosine", "depth", "limit")
 SHOWN_AFTER_DIVERGENCE = 3  # the console shows this many modules past the first divergence
 
 
@@ -62,7 +63,11 @@ def divergence_line(r: ValidationResult) -> str | None:
 
 def _layer_row(layer: dict[str, Any]) -> list[str]:
     return [layer["module"], layer["kind"], layer["status"], _num(layer["rel_l2"]), _num(layer["max_abs"]),
-            _num(layer["cosine"], "{:.6f}"), _num(layer["limit"], "{:g}")]
+            _num(layer["cosine"], "{:.6f}"), _count(layer.get("depth")), _num(layer["limit"], "{:.3g}")]
+
+
+def _count(v: int | None) -> str:
+    return "-" if v is None else str(v)
 
 
 def layers_markdown(report: ValidationReport, picture: str | None) -> list[str]:
@@ -72,7 +77,8 @@ def layers_markdown(report: ValidationReport, picture: str | None) -> list[str]:
     if not compared:
         return []
     lines = ["## Layers\n", "The first module in execution order whose output's relative L2 error "
-             "passes its precision's per-layer limit; \"fused\" modules left no tensor in the artifact.\n"]
+             "passes its limit: the precision's per-layer limit, scaled by the square root of its depth (the "
+             "convolutions and Linears run up to it) and capped; \"fused\" modules left no tensor in the artifact.\n"]
     if picture:
         lines.append(f"![per-layer error]({picture})\n")
     for r in compared:
@@ -108,9 +114,9 @@ def write_layer_plot(report: ValidationReport, path) -> str | None:
                   if layer["rel_l2"] is not None and math.isfinite(layer["rel_l2"])]
         if points:
             ax.plot(*zip(*points, strict=True), "o-", color=color, markersize=3, label=r.label)
-        limit = r.layers[0]["limit"]
-        if limit is not None:
-            ax.axhline(limit, color=color, linestyle="--", linewidth=0.8)
+        limits = [(k, layer["limit"]) for k, layer in enumerate(r.layers) if layer["limit"] is not None]
+        if limits:  # each module's own: it grows with depth
+            ax.step(*zip(*limits, strict=True), where="mid", color=color, linestyle="--", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
     ax.set(xlabel="module, in execution order", ylabel="relative L2 error against torch eager",
@@ -162,8 +168,14 @@ def limits_line(lim: dict[str, Any]) -> str:
     if lim.get("max_accuracy_drop") is not None:
         parts.append(f"accuracy drop <= {lim['max_accuracy_drop'] * 100:g} pts")
     if lim.get("max_layer_rel_l2") is not None:
-        parts.append(f"per layer (--layers) rel L2 <= {lim['max_layer_rel_l2']:g}")
+        parts.append(f"per layer (--layers) rel L2 <= {layer_limit_text(lim)}")
     return ", ".join(parts)
+
+
+def layer_limit_text(lim: dict[str, Any]) -> str:
+    text = f"{lim['max_layer_rel_l2']:g} x sqrt(depth / {LAYER_DEPTH})"
+    cap = lim.get("max_layer_rel_l2_cap")
+    return text if cap is None else f"{text}, at most {cap:g}"
 
 
 def print_report(report: ValidationReport, console) -> None:

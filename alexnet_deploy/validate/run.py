@@ -126,7 +126,7 @@ def add_layers(result: ValidationResult, manifest: Manifest, choice, batch: np.n
     log.info(f"comparing the layers of {result.label}")
     try:
         found = compare_layers(manifest, choice.artifact, choice.runner_cls, batch,
-                               result.limits.get("max_layer_rel_l2"))
+                               result.limits.get("max_layer_rel_l2"), cap=result.limits.get("max_layer_rel_l2_cap"))
     except Exception as e:  # any runtime's failure to build or run the tapped model
         result.layers_note = f"layers not compared: {exception_line(e)}"
         return
@@ -134,6 +134,9 @@ def add_layers(result: ValidationResult, manifest: Manifest, choice, batch: np.n
     result.first_divergence = found.first_divergence
     result.layers_note = (f"{found.rows} inputs, {len(found.layers)} modules in {found.slices} slice(s), "
                           f"largest slice {found.recorded_mb:.1f} MB recorded")
+    if found.remeasured:
+        result.layers_note += (f"; {len(found.remeasured)} module(s) that failed beside other marked "
+                               f"tensors measured again alone ({', '.join(found.remeasured)})")
     if choice.runner_cls.layers_caveat:  # the figures are of a twin, not of the artifact itself
         result.layers_note += f"; {choice.runner_cls.layers_caveat}"
 
