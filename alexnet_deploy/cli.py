@@ -294,6 +294,7 @@ def export(weights, out, formats, target, **kwargs):
               help="Labelled images validate's gate uses.")
 @click.option("--report", default=None, type=click.Path(path_type=Path),
               help="JSON path [default: EXPORT_DIR/recommendation.json]; Markdown beside it.")
+@click.option("--backends", cls=_BackendsOption, default=None, callback=_runner_names)
 def recommend(export_dir, **kwargs):
     """Which runner x artifact of EXPORT_DIR to ship on this machine: every candidate must pass
     validate's gate, those that do are timed, and the fastest per precision (fp32, bf16, int8, ...) is

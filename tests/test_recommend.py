@@ -203,6 +203,8 @@ def test_recommend_refuses_an_unwritable_report_before_any_work(random_export, t
     (("--scenario", "server"), ("--latency-ms",)),
     (("--scenario", "warp-speed"), ("--scenario",)),
     (("--latency-ms", "0"), ("--latency-ms",)),
+    (("--backends", "warp-drive"), ("unknown", "warp-drive")),
+    (("--backends", "aoti"), ("--backends aoti", "none of them runs")),  # the export holds no aoti file
 ])
 def test_recommend_options_out_of_range_are_one_line(random_export, tmp_path, args, words):
     from trial_support import mkex
@@ -307,19 +309,21 @@ def test_a_scenario_picks_the_best_valid_loadgen_run_and_says_why_the_rest_lost(
 
 @pytest.mark.slow
 def test_recommend_under_a_loadgen_scenario_end_to_end(random_export, tmp_path):
-    """The CLI on the untrained export: validate's gate, then LoadGen single-stream on each candidate
-    that passed; the pick is the VALID run with the lowest p90, of a gated candidate, in the file and
-    on the screen."""
+    """The CLI on the untrained export, among the runtimes a deployment ships (--backends): validate's
+    gate, then LoadGen single-stream on each candidate that passed; the pick is the VALID run with the
+    lowest p90, of a gated candidate of those runners, in the file and on the screen."""
     from trial_support import mkex
 
     out = mkex(random_export, tmp_path / "e")
-    proc = run_cli("recommend", out, "--scenario", "single-stream", "--images", "12", "--threads", "1")
+    proc = run_cli("recommend", out, "--scenario", "single-stream", "--images", "12", "--threads", "1",
+                   "--backends", "onnxruntime-cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     budget = recommendation(out)["budget"]
     pick = budget["pick"]
     assert budget["scenario"] == "single-stream" and pick["valid"] and pick["headline"] > 0
     gated = {(c["runner"], c["artifact"]) for c in recommendation(out)["candidates"]}
     assert (pick["runner"], pick["artifact"]) in gated
+    assert {r for r, _ in gated} == {"onnxruntime-cpu"} and len(gated) == 2, gated  # fp32, int8
     for r in budget["runners_up"]:
         assert r["lost_because"]
         if r.get("valid"):

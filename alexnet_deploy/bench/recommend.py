@@ -45,15 +45,21 @@ def recommend(manifest: Manifest, target: str = "cpu", threads: int | None = Non
               warmup_s: float = WARMUP_S, duration_s: float = DURATION_S,
               latency_ms: float | None = None, max_accuracy_drop: float | None = None,
               scenario: str | None = None, data_dir: str | os.PathLike | None = None,
-              images: int = GATE_IMAGES) -> dict[str, Any]:
+              images: int = GATE_IMAGES, backends: list[str] | None = None) -> dict[str, Any]:
     """Gate the candidates of `manifest` through validate, time those that pass, and return the
-    recommendation (see the module's docstring); nothing is written."""
+    recommendation (see the module's docstring); nothing is written. `backends`: only these runners
+    are candidates (the runtimes a deployment can ship); None: every one that applies."""
     from alexnet_deploy.bench import benchmark
-    from alexnet_deploy.runtimes import runners_for
+    from alexnet_deploy.runtimes import get_runner, runners_for
 
     check_options(target, latency_ms, max_accuracy_drop, scenario)
+    for name in backends or ():
+        get_runner(name)  # an unknown name is one line naming the registered ones
     choices = [c for c in runners_for(manifest) if c.available and c.artifact.precision in PRECISIONS
-               and c.runner_cls.device == target]
+               and c.runner_cls.device == target and (backends is None or c.runner in backends)]
+    if backends and not choices:
+        raise UserError(f"--backends {','.join(backends)}: none of them runs a {target} artifact of "
+                        f"{manifest.root}; name others, or export a format they run")
     checks = gate(manifest, sorted({c.runner for c in choices}), max_accuracy_drop, data_dir, images)
     checks = {k: v for k, v in checks.items() if k in {_key(c.runner, c.artifact.path, c.artifact.precision)
                                                        for c in choices}}
@@ -111,7 +117,8 @@ def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads
                      warmup_s: float = WARMUP_S, duration_s: float = DURATION_S, show: bool = False,
                      latency_ms: float | None = None, max_accuracy_drop: float | None = None,
                      scenario: str | None = None, data_dir: str | os.PathLike | None = None,
-                     images: int = GATE_IMAGES, report: str | os.PathLike | None = None) -> dict[str, Any]:
+                     images: int = GATE_IMAGES, report: str | os.PathLike | None = None,
+                     backends: list[str] | None = None) -> dict[str, Any]:
     """Recommend for an export folder (just exported, or copied to another machine) and write the
     recommendation to `report` (default DIR/recommendation.json, Markdown beside it). `show`: print
     the picks."""
@@ -125,7 +132,7 @@ def recommend_export(export_dir: str | os.PathLike, target: str = "cpu", threads
                           hint="choose another --report" if report is not None else "pass --report elsewhere")
     log.info(f"checking and timing the {target} candidates of {manifest.root} ...")
     section = recommend(manifest, target, threads, warmup_s, duration_s, latency_ms, max_accuracy_drop,
-                        scenario, data_dir, images)
+                        scenario, data_dir, images, backends)
     write_report(path, section, to_markdown(section))
     if show:
         print_recommended(section)
