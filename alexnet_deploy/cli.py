@@ -429,7 +429,10 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
               help="PNG plot [default: beside the report].")
 @_model_def_options
 def benchmark(export_dir, **kwargs):
-    """Latency percentiles, throughput, memory and roofline efficiency per backend and batch size."""
+    """Latency percentiles, throughput, memory and roofline efficiency per backend and batch size.
+
+    Exits 1 when a result beats its roofline floor (efficiency above 1.05: the report's self-check
+    fails, the floor is wrong); the report is written first."""
     from alexnet_deploy.bench import run_benchmark
 
     _register_model_def(kwargs)

@@ -247,42 +247,169 @@ def test_the_floor_takes_the_isa_peak_and_never_a_rate_below_a_measured_one():
     assert compute_peak("fp32", {"gflops_fp32": 70.0})[0] == 70.0  # CUDA: no ISA table, measured only
 
 
-def test_a_turbo_the_os_does_not_state_raises_the_clock_to_what_the_measured_rate_implies(monkeypatch):
+def test_the_isa_peak_takes_the_fastest_of_the_measured_stated_and_implied_clocks(monkeypatch):
     from alexnet_deploy.bench import roofline
+    from alexnet_deploy.machine import CoreClock
 
     monkeypatch.setattr(roofline, "cpu_flags", lambda: {"avx2", "fma"})
-    monkeypatch.setattr(roofline, "cpu_clock_ghz", lambda: (1.0, "cpu MHz"))
-    stated = roofline._isa_section(threads=1, measured_fp32=20.0)  # below 1 core x 1 GHz x 32
-    assert (stated["clock_ghz"], stated["clock_source"], stated["isa_peak"]["fp32"]["gops"]) == (1.0, "cpu MHz", 32.0)
+    measured = CoreClock(1.2, "measured: dependent-add chain, best of 20", 1.0, "cpu MHz")
+    monkeypatch.setattr(roofline, "core_clock", lambda: measured)
+    boost = roofline._isa_section(threads=1, measured_fp32=20.0)  # below 1 core x 1.2 GHz x 32
+    assert (boost["clock_ghz"], boost["clock_source"]) == (1.2, measured.clock_source)
+    assert boost["isa_peak"]["fp32"]["gops"] == pytest.approx(38.4) and boost["clock_stated_ghz"] == 1.0
     turbo = roofline._isa_section(threads=1, measured_fp32=48.0)  # 1.5 GHz worth of FMAs
     assert turbo["clock_ghz"] == 1.5 and "implied" in turbo["clock_source"]
     assert turbo["isa_peak"]["fp32"]["gops"] == 48.0
+    refused = CoreClock(1.0, "stated (cpu MHz)", 1.0, "cpu MHz", "not measured: Operation not permitted")
+    monkeypatch.setattr(roofline, "core_clock", lambda: refused)
+    stated = roofline._isa_section(threads=1, measured_fp32=20.0)
+    assert (stated["clock_ghz"], stated["isa_peak"]["fp32"]["gops"]) == (1.0, 32.0)
+    assert stated["clock_measured"]["fallback_reason"] == "not measured: Operation not permitted"
+
+
+def test_a_faster_clock_measured_after_the_runners_raises_the_isa_peaks_and_a_slower_one_does_not(monkeypatch):
+    from alexnet_deploy.bench import roofline
+    from alexnet_deploy.machine import CoreClock
+
+    monkeypatch.setattr(roofline, "cpu_flags", lambda: {"avx2", "fma"})
+    first = CoreClock(2.0, "measured: dependent-add chain, best of 20", 1.0, "cpu MHz")
+    roof = {"clock_measured": {"clock_ghz": 2.0}, "clock_ghz": 2.0, "clock_source": first.clock_source,
+            "isa_peak": roofline.isa_peaks({"avx2", "fma"}, 2, 2.0)}
+    monkeypatch.setattr(roofline, "core_clock", lambda: CoreClock(1.8, first.clock_source, 1.0, "cpu MHz"))
+    assert roofline._remeasure_clock(roof) == ["clock_runs_ghz"] and roof["isa_peak"]["fp32"]["gops"] == 128.0
+    monkeypatch.setattr(roofline, "core_clock", lambda: CoreClock(2.5, first.clock_source, 1.0, "cpu MHz"))
+    roofline._remeasure_clock(roof)
+    assert roof["clock_runs_ghz"] == [2.0, 2.5] and roof["clock_ghz"] == 2.5
+    assert roof["isa_peak"]["fp32"]["gops"] == 160.0 and roof["isa_peak"]["int8"]["cores"] == 2
+
+
+def test_the_core_clock_is_measured_by_a_dependent_add_chain_on_x86_64():
+    import platform
+
+    from alexnet_deploy.machine import core_clock
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the dependent-add chain is x86-64 code")
+    clock = core_clock(tries=5)
+    assert clock.fallback_reason is None and clock.clock_source == "measured: dependent-add chain, best of 5"
+    assert 0.5 < clock.clock_ghz < 7.0  # any x86-64 core made; a wrong loop count or unit would miss it
+
+
+def test_the_core_clock_falls_back_to_the_stated_one_when_executable_memory_is_refused(monkeypatch):
+    import errno
+    import mmap
+
+    from alexnet_deploy import machine
+
+    def refuse(*args, **kwargs):  # the kernel's (or SELinux's) answer to an executable mapping
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    monkeypatch.setattr(machine, "cpu_clock_ghz", lambda: (2.5, "cpu MHz"))
+    clock = machine.core_clock(tries=5)
+    assert (clock.clock_ghz, clock.stated_ghz, clock.clock_source) == (2.5, 2.5, "stated (cpu MHz)")
+    assert "Operation not permitted" in clock.fallback_reason
+
+
+def test_at_most_the_caches_capacity_of_the_weights_is_read_at_the_cache_rate():
+    from alexnet_deploy.bench.roofline import LayerGroup, ModelCost, floor
+
+    cost = ModelCost({"conv": LayerGroup(macs=0, params=0), "fc": LayerGroup(macs=0, params=25 * 10**6)})
+    roof = {"gflops_fp32": 100.0, "read_gbps": 10.0, "llc_read_gbps": 100.0, "cache_bytes": 30 * 10**6}
+    big = floor(cost, 1, "fp32", roof)  # 100 MB: 70 from DRAM at 10 GB/s, 30 from the cache at 100 GB/s
+    assert big.ms == pytest.approx(7.0 + 0.3) and big.groups["fc"].cached_mb == pytest.approx(30.0)
+    small = floor(cost, 1, "int8", roof)  # 25 MB: all of it may be cached
+    assert small.ms == pytest.approx(0.25) and small.groups["fc"].bound == "memory"
+    assert floor(cost, 1, "fp32", {**roof, "cache_bytes": 0}).ms == pytest.approx(10.0)
+
+
+def test_requests_in_flight_may_share_each_weight_read_but_not_the_arithmetic():
+    from alexnet_deploy.bench.roofline import LayerGroup, ModelCost, floor
+
+    cost = ModelCost({"conv": LayerGroup(macs=10**8, params=0), "fc": LayerGroup(macs=0, params=25 * 10**6)})
+    roof = {"gflops_fp32": 100.0, "read_gbps": 10.0, "llc_read_gbps": 100.0, "cache_bytes": 30 * 10**6}
+    one, two = floor(cost, 1, "fp32", roof), floor(cost, 1, "fp32", roof, in_flight=2)
+    assert two.groups["conv"].compute_ms == one.groups["conv"].compute_ms == pytest.approx(2.0)
+    assert two.groups["fc"].memory_ms == pytest.approx(one.groups["fc"].memory_ms / 2)  # 7.3 ms per two batches
+    assert two.ms == pytest.approx(2.0 + 3.65) and "shared by 2 requests in flight" in two.basis
+
+
+def test_the_cache_is_placed_where_it_shortens_the_floor_most():
+    """Whatever share of the cache each group's weights get, its time is not below the floor."""
+    from alexnet_deploy.bench.roofline import LayerGroup, ModelCost, floor
+
+    # conv: 2 ms of compute and 10 MB; fc: no compute, 40 MB; 20 MB of cache
+    cost = ModelCost({"conv": LayerGroup(macs=10**8, params=25 * 10**5), "fc": LayerGroup(macs=0, params=10**7)})
+    roof = {"gflops_fp32": 100.0, "read_gbps": 10.0, "llc_read_gbps": 100.0, "cache_bytes": 20 * 10**6}
+    f = floor(cost, 1, "fp32", roof)
+    for conv_mb in range(0, 11):  # every split of the cache between the groups
+        fc_mb = 20 - conv_mb
+        conv = max(2.0, (10 - conv_mb) / 10 + conv_mb / 100)
+        fc = (40 - fc_mb) / 10 + fc_mb / 100
+        assert f.ms <= conv + fc + 1e-9
+    assert f.ms == pytest.approx(2.0 + 2.0 + 0.2)  # all the cache on fc: conv is compute-bound anyway
+    assert (f.groups["conv"].bound, f.groups["fc"].bound) == ("compute", "memory")
+
+
+def _result(p50_ms, precision="fp32", batch=1):
+    from alexnet_deploy.bench.harness import BenchResult
+    from alexnet_deploy.bench.timing import LatencyStats
+
+    return BenchResult(backend="x", format="onnx", precision=precision, device="cpu", batch_size=batch, threads=1,
+                       load_s=0, first_inference_ms=0, latency_ms=LatencyStats.of([p50_ms] * 3),
+                       throughput_ips=1, stable=True, windows=[], calls=3, timed_s=0, peak_rss_mb=0,
+                       rss_before_load_mb=0, input_buffers_mb=0, floor_ms=0, efficiency=0, floor_basis="")
 
 
 def test_a_result_faster_than_its_floor_is_reported_as_floor_wrong():
-    from alexnet_deploy.bench.harness import BenchmarkReport, BenchResult, _final_floors, _RunContext
+    from alexnet_deploy.bench.harness import BenchmarkReport, SelfCheck, _final_floors, _RunContext
+    from alexnet_deploy.bench.output import render_markdown
     from alexnet_deploy.bench.roofline import LayerGroup, ModelCost
-    from alexnet_deploy.bench.timing import LatencyStats, PeakMemory
+    from alexnet_deploy.bench.timing import PeakMemory
 
     cost = ModelCost({"conv": LayerGroup(macs=10**9, params=0), "fc": LayerGroup(macs=0, params=1000)})
-    roof = {"threads": 1, "gflops_fp32": 100.0, "read_gbps": 10.0, "read_gbps_weights": {"fp32": 10.0}}
+    roof = {"threads": 1, "gflops_fp32": 100.0, "read_gbps": 10.0}
 
-    def result(p50_ms):
-        return BenchResult(backend="x", format="onnx", precision="fp32", device="cpu", batch_size=1, threads=1,
-                           load_s=0, first_inference_ms=0, latency_ms=LatencyStats.of([p50_ms] * 3),
-                           throughput_ips=1, stable=True, windows=[], calls=3, timed_s=0, peak_rss_mb=0,
-                           rss_before_load_mb=0, input_buffers_mb=0, floor_ms=0, efficiency=0, floor_basis="")
-
-    honest, impossible = result(100.0), result(1.0)  # the floor is 20 ms (2 GFLOP at 100 GFLOP/s)
+    honest, impossible = _result(100.0), _result(1.0)  # the floor is 20 ms (2 GFLOP at 100 GFLOP/s)
     report = BenchmarkReport(export_dir="", created="", machine={}, versions={}, settings={}, roofline={},
                              harness_overhead_us=0, memory_method="", method={}, results=[honest, impossible])
     ctx = _RunContext(manifest=None, batch_sizes=[1], warmup_s=0, duration_s=1, min_duration_s=0, min_calls=1,
                       threads=1, roofline=roof, cost=cost, memory=PeakMemory())
-    _final_floors(ctx, report, {"fp32": 4000})
+    _final_floors(ctx, report)
     assert honest.floor_ms == pytest.approx(20.0, rel=1e-3) and not honest.floor_wrong
     assert impossible.efficiency == pytest.approx(20.0, rel=1e-3) and impossible.floor_wrong
     assert len(report.notes) == 1 and "floor wrong: x (onnx, fp32) batch 1" in report.notes[0]
-    assert len(report.roofline["read_gbps_weights_runs"]["fp32"]) == 2  # measured again after the runners
+    assert report.self_check == SelfCheck(passed=False, floor_wrong=["x (onnx, fp32) batch 1 (2000%)"])
+    assert report.to_dict()["self_check"] == {"passed": False, "floor_wrong": ["x (onnx, fp32) batch 1 (2000%)"]}
+    runs = report.roofline["read_rates_runs"]  # measured again after the runners, the better kept
+    assert len(runs["read_gbps"]) == len(runs["llc_read_gbps"]) == 2
+    assert report.roofline["read_gbps"] == max(runs["read_gbps"])
+    assert honest.floor_terms["conv"].bound == "compute"
+    report.settings, report.machine = {"threads": 1, "batch_sizes": [1], "warmup_s": 0, "duration_s": 1}, {
+        "cpu": "x", "cores_physical": 1, "cores_logical": 1, "memory_gb": 1, "load_avg_start": [0.5, 0.4, 0.3]}
+    report.roofline.update(model_macs=10**9, model_params=1000, model_input=64, formula="f")
+    markdown = render_markdown(report)
+    assert markdown.splitlines()[2].startswith("**Self-check FAILED**: floor wrong")
+    assert "## What bounds each layer group" in markdown and "[0.5, 0.4, 0.3]" in markdown
+    assert "| cpu | fp32 | 1 | 1 | 20.000 |" in markdown  # conv's compute term, once per precision and batch
+
+
+def test_a_failed_self_check_is_the_commands_exit_1_and_a_passed_one_is_not(tmp_path):
+    from alexnet_deploy.bench import check_floors
+    from alexnet_deploy.bench.harness import BenchmarkReport, self_check
+    from alexnet_deploy.errors import CheckFailed
+
+    fast, fine = _result(1.0), _result(10.0)
+    fast.efficiency, fine.efficiency = 1.2, 0.8
+    report = BenchmarkReport(export_dir="", created="", machine={}, versions={}, settings={}, roofline={},
+                             harness_overhead_us=0, memory_method="", method={}, results=[fine])
+    report.self_check = self_check(report.results)
+    check_floors(report, tmp_path / "b.json")  # passes: nothing raised
+    report.results.append(fast)
+    report.self_check = self_check(report.results)
+    with pytest.raises(CheckFailed, match=r"floor wrong .* for x \(onnx, fp32\) batch 1 \(120%\)") as failed:
+        check_floors(report, tmp_path / "b.json")
+    assert failed.value.exit_code == 1 and not fine.floor_wrong and fast.floor_wrong
 
 
 def test_matmul_size_grows_to_the_peak_for_fast_kernels_and_stops_early_for_slow_ones(monkeypatch):
@@ -363,6 +490,47 @@ def test_benchmark_command_writes_json_markdown_and_plot(exported_dir, tmp_path)
     assert "| onnxruntime-cpu |" in markdown and "floor_ms" in markdown
     assert "p99.9 ms" in markdown and "at least 0.1 s and 10 calls" in markdown
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_pipeline_reads_a_failed_self_check_as_a_finding_not_a_failure(tmp_path):
+    """The benchmark step exits 1 on a failed self-check; the pipeline tells that exit from a crash by
+    the report the step wrote (a crash writes none, and stays a failure)."""
+    from alexnet_deploy.bench.harness import BenchmarkReport, self_check
+    from alexnet_deploy.pipeline.steps import STEPS
+
+    step = next(s for s in STEPS if s.name == "benchmark")
+    assert step.finding_codes == (1,) and step.findings_in(tmp_path) == ""  # no report: a failure
+    fast = _result(1.0)
+    fast.efficiency = 1.2
+    report = BenchmarkReport(export_dir="", created="", machine={}, versions={}, settings={}, roofline={},
+                             harness_overhead_us=0, memory_method="", method={}, results=[fast])
+    report.self_check = self_check(report.results)
+    (tmp_path / "benchmark.json").write_text(report.to_json())
+    assert step.findings_in(tmp_path) == "benchmark self-check failed: floor wrong for x (onnx, fp32) batch 1 (120%)"
+
+
+@pytest.mark.slow
+def test_a_beaten_floor_fails_the_command_after_writing_the_measurements(random_export, tmp_path, monkeypatch):
+    """A broken read-rate measurement (the stand-in: 1 MB/s, so every floor lies far above the
+    runtime's time) is what the self-check is for: the report is written, says so, and names the
+    results; the command exits 1 with one line."""
+    _onnxruntime_or_skip()
+    from alexnet_deploy.bench import roofline
+
+    broken = {f"{k}{part}": 0.001 for k in roofline.READ_KEYS for part in ("", "_all_threads", "_one_thread")}
+    monkeypatch.setattr(roofline, "cpu_read_rates", lambda threads: {**broken, "cache_bytes": 0})
+    report = tmp_path / "bench.json"
+    proc = run_cli("benchmark", random_export, "--backends", "onnxruntime-cpu", "--batch-sizes", "1",
+                   "--warmup-s", "0", "--duration-s", "0.1", "--threads", "1", "--report", report)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.lines()[-1]
+    assert last.startswith("error: benchmark self-check failed: floor wrong") and str(report) in last
+    assert "Traceback" not in proc.stderr
+    data = json.loads(report.read_text())
+    assert data["self_check"]["passed"] is False and data["results"]
+    assert len(data["self_check"]["floor_wrong"]) == len(data["results"])  # every floor is wrong here
+    assert all(r["floor_wrong"] and r["floor_terms"]["fc"]["bound"] == "memory" for r in data["results"])
+    assert "**Self-check FAILED**" in report.with_suffix(".md").read_text()
 
 
 def test_unavailable_backends_are_skipped_with_their_reason(exported_dir):

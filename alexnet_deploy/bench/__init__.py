@@ -34,7 +34,8 @@ def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None 
                   min_duration_s: float | None = None, min_calls: int = MIN_CALLS,
                   images: str | os.PathLike | None = None, scenarios: Sequence[str] = (),
                   latency_ms: float | None = None, concurrency: Sequence[int] = (1,)) -> BenchmarkReport:
-    """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json)."""
+    """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json);
+    CheckFailed (exit 1) if the report's self-check failed."""
     result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
                        warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
                        min_duration_s=min_duration_s, min_calls=min_calls, images=images,
@@ -43,4 +44,16 @@ def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None 
     paths = write_outputs(result, json_path, plot)
     print_table(result)
     print("wrote " + ", ".join(map(str, paths)))
+    check_floors(result, json_path)
     return result
+
+
+def check_floors(report: BenchmarkReport, json_path: str | os.PathLike) -> None:
+    """The benchmark's self-check as the CLI's verdict: CheckFailed (exit 1) when a result beat its
+    floor. The files are written first: they are still the measurements, and say which floor failed."""
+    from alexnet_deploy.bench.roofline import FLOOR_WRONG
+    from alexnet_deploy.errors import CheckFailed
+
+    if not report.self_check.passed:
+        raise CheckFailed(f"benchmark self-check failed: floor wrong (efficiency above {FLOOR_WRONG:.2f}) for "
+                          f"{'; '.join(report.self_check.floor_wrong)} (report: {json_path})")

@@ -1,6 +1,7 @@
 """benchmark(): every (runner, batch size) of an export folder timed the same way, with the
-machine's roofline: the weights' read rate measured in the same run, peak rates once per process
-(bench/roofline.py). Results are dataclasses; the JSON keys follow DESIGN.md."""
+machine's roofline: peak rates and the core clock once per process, read rates in every run, and
+the read rates and the clock again after the runners (bench/roofline.py); a result that beats its
+floor fails the report's self_check. Results are dataclasses; the JSON keys follow DESIGN.md."""
 
 from __future__ import annotations
 
@@ -101,6 +102,8 @@ class BenchResult:
     artifact: str = ""  # its path in the export folder
     recommended: bool = False  # recommend's pick for this precision (DIR/recommendation.json)
     floor_wrong: bool = False  # efficiency above roofline.FLOOR_WRONG: the floor is not a floor
+    # per layer group (conv, fc): roofline.GroupFloor, its compute and memory terms and which bounds it
+    floor_terms: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1  # requests in flight (1: one synchronous stream)
     wall_throughput_ips: float | None = None  # items / wall-clock second of the timed run
     best_concurrency: bool = False  # the sweep's best N for its runner, artifact and batch size
@@ -128,6 +131,14 @@ class Skip:
 
 
 @dataclass
+class SelfCheck:
+    """The benchmark's own check: no result may beat its floor (efficiency above FLOOR_WRONG)."""
+
+    passed: bool = True
+    floor_wrong: list[str] = field(default_factory=list)  # the results that did, with their efficiency
+
+
+@dataclass
 class BenchmarkReport:
     export_dir: str
     created: str
@@ -143,6 +154,7 @@ class BenchmarkReport:
     notes: list[str] = field(default_factory=list)
     end_to_end: list[EndToEnd] = field(default_factory=list)  # `--images`: from the file to the logits
     scenarios: list[ScenarioResult] = field(default_factory=list)  # `--scenario`: MLPerf LoadGen runs
+    self_check: SelfCheck = field(default_factory=SelfCheck)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,7 +267,7 @@ class _RunContext:
 
 def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, report: BenchmarkReport) -> None:
     """Load once, then every batch size in ascending order; peaks are per runner, cumulative."""
-    from alexnet_deploy.bench.roofline import floor_ms
+    from alexnet_deploy.bench.roofline import floor
 
     runner_name = cls.name
     results, skips = report.results, report.skipped
@@ -277,7 +289,7 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
             first_ms = (time.perf_counter() - t0) * 1e3
             timing, cuda = time_runner(runner, inputs, ctx.run_length())
             roof = ctx.roofline.get("cuda", ctx.roofline) if cls.device == "cuda" else ctx.roofline
-            floor, basis = floor_ms(ctx.cost, batch, artifact.precision, roof)
+            bound = floor(ctx.cost, batch, artifact.precision, roof)
             stats = timing.stats
             results.append(BenchResult(
                 backend=runner_name, format=artifact.format, precision=artifact.precision,
@@ -288,7 +300,8 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
                 calls=len(timing.samples_ms), timed_s=round(timing.timed_s, 3),
                 peak_rss_mb=round(ctx.memory.peak_mb(), 1), rss_before_load_mb=round(rss_before, 1),
                 input_buffers_mb=round(sum(x.nbytes for x in inputs) / 2**20, 1),
-                floor_ms=floor, efficiency=floor / stats.p50, floor_basis=basis,
+                floor_ms=bound.ms, efficiency=bound.ms / stats.p50, floor_basis=bound.basis,
+                floor_terms=bound.groups,
                 inference_precision=reported_precision(runner), artifact=artifact.path, **cuda))
             r = results[-1]
             r.wall_throughput_ips = batch * r.calls / timing.timed_s
@@ -312,6 +325,7 @@ def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs
     """`sync`'s runner and batch again with n requests in flight, through the runtime's own machinery."""
     from dataclasses import replace
 
+    from alexnet_deploy.bench.roofline import floor
     from alexnet_deploy.bench.timing import time_in_flight
 
     try:
@@ -328,6 +342,9 @@ def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs
     r = replace(sync, concurrency=n, latency_ms=timing.stats, throughput_ips=wall, wall_throughput_ips=wall,
                 stable=None, windows=[], calls=len(timing.latencies_ms), timed_s=round(timing.wall_s, 3),
                 peak_rss_mb=round(ctx.memory.peak_mb(), 1))
+    roof = ctx.roofline.get("cuda", ctx.roofline) if r.device == "cuda" else ctx.roofline
+    bound = floor(ctx.cost, r.batch_size, r.precision, roof, in_flight=n)
+    r.floor_ms, r.floor_basis, r.floor_terms = bound.ms, bound.basis, bound.groups
     r.efficiency = r.floor_ms / r.time_per_batch_ms
     report.results.append(r)
     log.info(f"{runner.label} batch {r.batch_size}, {n} in flight: {wall:.1f} img/s, p99 {r.latency_ms.p99:.3f} ms")
@@ -437,13 +454,12 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
         log.info(f"measuring the roofline with {threads} threads")
         card = manifest.card
         cost = roofline.model_cost(card.arch, card.num_classes, card.input.crop)
-        weights = roofline.weight_bytes(cost, [c.artifact.precision for c in plan])
         ctx = _RunContext(
             manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
             duration_s=duration_s, min_duration_s=min_duration_s, min_calls=min_calls, images=image_paths,
             scenarios=list(scenarios), latency_ms=latency_ms, concurrency=sorted({1, *concurrency}),
             threads=threads, cost=cost, memory=PeakMemory(),
-            roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan), weights))
+            roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan)))
         report = BenchmarkReport(
             export_dir=str(manifest.root), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             machine=machine, versions=library_versions(),
@@ -454,7 +470,8 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
                       "concurrency": sorted({1, *concurrency}),
                       "threads": threads, "device": device, "backends": list(backends or [])},
             roofline={**ctx.roofline, "model_macs": ctx.cost.macs, "model_params": ctx.cost.params,
-                      "model_input": card.input.crop},
+                      "model_input": card.input.crop,
+                      "weight_bytes": roofline.weight_bytes(cost, [c.artifact.precision for c in plan])},
             harness_overhead_us=harness_overhead_us(), memory_method=ctx.memory.method,
             method=METHOD, skipped=skips)
         for choice in plan:
@@ -466,7 +483,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
                 report.skipped.append(Skip(choice.runner, choice.artifact.format,
                                            choice.artifact.precision, reason))
         if report.results:
-            _final_floors(ctx, report, weights)
+            _final_floors(ctx, report)
     finally:
         torch.set_num_threads(previous_threads)
     if not report.results:
@@ -479,25 +496,36 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     return report
 
 
-def _final_floors(ctx: _RunContext, report: BenchmarkReport, weights: dict[str, int]) -> None:
-    """Floors from the better of the two bandwidth measurements, then the floor's own check: a result
-    faster than its floor (beyond FLOOR_WRONG) means the floor is wrong, and the report says so."""
+def _final_floors(ctx: _RunContext, report: BenchmarkReport) -> None:
+    """Floors from the better of the two measurements of the read rates and the clock, then the
+    floor's own check."""
     from alexnet_deploy.bench import roofline
 
-    roofline.remeasure_bandwidth(ctx.roofline, weights)
-    for key in ("read_gbps_weights", "read_gbps_weights_runs"):
+    for key in roofline.remeasure(ctx.roofline):
         report.roofline[key] = ctx.roofline[key]
     for r in report.results:
         if r.device == "cpu":
-            r.floor_ms, r.floor_basis = roofline.floor_ms(ctx.cost, r.batch_size, r.precision, ctx.roofline)
+            bound = roofline.floor(ctx.cost, r.batch_size, r.precision, ctx.roofline, in_flight=r.concurrency)
+            r.floor_ms, r.floor_basis, r.floor_terms = bound.ms, bound.basis, bound.groups
             r.efficiency = r.floor_ms / r.time_per_batch_ms
-        r.floor_wrong = r.efficiency > roofline.FLOOR_WRONG
-    wrong = [f"{r.label} batch {r.batch_size} ({r.efficiency:.0%})" for r in report.results if r.floor_wrong]
-    if wrong:
-        note = (f"floor wrong: {', '.join(wrong)} ran faster than the floor allows (efficiency above "
-                f"{roofline.FLOOR_WRONG:.2f}); the roofline's figures for it are not limits")
+    report.self_check = self_check(report.results)
+    if not report.self_check.passed:
+        note = (f"floor wrong: {', '.join(report.self_check.floor_wrong)} ran faster than the floor allows "
+                f"(efficiency above {roofline.FLOOR_WRONG:.2f}); the roofline's figures for it are not limits")
         report.notes.append(note)
         log.warning(note)
+
+
+def self_check(results: Sequence[BenchResult]) -> SelfCheck:
+    """Marks each result that beat its floor (a bug in the floor, not a fast runtime) and lists them."""
+    from alexnet_deploy.bench.roofline import FLOOR_WRONG
+
+    wrong = []
+    for r in results:
+        r.floor_wrong = r.efficiency > FLOOR_WRONG
+        if r.floor_wrong:
+            wrong.append(f"{r.label} batch {r.batch_size} ({r.efficiency:.0%})")
+    return SelfCheck(passed=not wrong, floor_wrong=wrong)
 
 
 def mark_recommended(results: list[BenchResult], picks: dict[str, dict[str, Any]]) -> None:

@@ -97,7 +97,7 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
     m, roof, s = report.machine, report.roofline, report.settings
     isa = ", ".join(m.get("isa") or []) or "none detected"
     lines = [
-        "# Benchmark report", "",
+        "# Benchmark report", "", _self_check_line(report), "",
         f"- Export: `{report.export_dir}`; created {report.created}",
         f"- Machine: {m['cpu']}, {m['cores_physical']} physical / {m['cores_logical']} logical cores, "
         f"{m['memory_gb']} GB RAM, ISA: {isa}; GPU: {m.get('gpu') or 'none'}",
@@ -118,6 +118,7 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
               f"multiply-adds and {roof['model_params'] / 1e6:.2f} M parameters per "
               f"{roof['model_input']} px image. {roof.get('int8_note', '')}", "",
               "## Results", "", markdown_table(HEADERS, [_row(r) for r in report.results])]
+    lines += _bounds_section(report)
     if any(r.recommended for r in report.results):
         lines += [RECOMMENDED_NOTE, ""]
     if any(r.latency_ms.noisy for r in report.results):
@@ -147,23 +148,79 @@ def render_markdown(report: BenchmarkReport, plot_name: str | None = None) -> st
     return "\n".join(lines)
 
 
-def _rates(x, unit: str) -> str:
-    """One rate, or the measurements it was the best of (`read_gbps_weights_runs`)."""
-    if isinstance(x, list):
-        return " / ".join(f"{v:,.1f}" for v in x if v is not None) + f" {unit}"
-    return f"{x:,.1f} {unit}"
+def _self_check_line(report: BenchmarkReport) -> str:
+    from alexnet_deploy.bench.roofline import FLOOR_WRONG
+
+    check = report.self_check
+    if check.passed:
+        return f"**Self-check passed**: no result beat its floor (every efficiency <= {FLOOR_WRONG:.2f})."
+    return (f"**Self-check FAILED**: floor wrong (efficiency above {FLOOR_WRONG:.2f}) for "
+            f"{'; '.join(check.floor_wrong)}. A floor that is beaten is a bug in the floor; the timings "
+            "below are still the measurements.")
+
+
+def _bounds_section(report: BenchmarkReport) -> list[str]:
+    """One row per (device, precision, batch size, requests in flight) measured: each layer group's
+    compute and memory terms, which one bounds it, and the floor; with the machine's load."""
+    rows, seen = [], set()
+    for r in sorted(report.results, key=lambda r: (r.device, r.precision, r.batch_size, r.concurrency)):
+        key = (r.device, r.precision, r.batch_size, r.concurrency)
+        if key in seen or not r.floor_terms:
+            continue
+        seen.add(key)
+        terms = r.floor_terms.values()
+        rows.append([r.device, r.precision, r.batch_size, r.concurrency,
+                     *(x for t in terms for x in (f"{t.compute_ms:.3f}", f"{t.memory_ms:.3f}", t.bound)),
+                     f"{r.floor_ms:.3f}"])
+    if not rows:
+        return []
+    groups = next(r.floor_terms for r in report.results if r.floor_terms)
+    headers = ["device", "precision", "batch", "in flight",
+               *(f"{g} {x}" for g in groups for x in ("compute ms", "memory ms", "bound")), "floor ms"]
+    m = report.machine
+    return ["## What bounds each layer group", "",
+            f"Machine load (1 / 5 / 15 min load average) at start / end: {m.get('load_avg_start')} / "
+            f"{m.get('load_avg_end')}. Compute: 2 x multiply-adds x batch / the peak; memory: the group's weight "
+            "bytes, those that may stay cached read at the cache's rate and the rest at DRAM's (with several "
+            "requests in flight, one read may serve them all: each batch's share); the larger bounds the "
+            "group, and the floor is their sum over the groups.", "",
+            markdown_table(headers, rows)]
+
+
+def _rate_row(scope: str, key: str, values: dict) -> list[str]:
+    """A read rate the floor takes, with what it is the best of."""
+    where = "DRAM" if key == "read_gbps" else "cache-resident"
+    size = values.get(key.replace("gbps", "bytes"))
+    parts = []
+    if f"{key}_all_threads" in values:
+        parts.append(f"all threads {values[f'{key}_all_threads']:,.1f}, {values.get('read_scale_threads', 1)} x "
+                     f"one thread {values[f'{key}_one_thread']:,.1f}")
+    runs = (values.get("read_rates_runs") or {}).get(key)
+    if runs:
+        parts.append("before / after the runners " + " / ".join(f"{v:,.1f}" for v in runs if v is not None))
+    label = f"{scope} {key} ({where}, over {size / 2**20:,.0f} MiB)" if size else f"{scope} {key} ({where})"
+    return [label, f"{values[key]:,.1f} GB/s" + (f" (best of: {'; '.join(parts)})" if parts else "")]
 
 
 def _roofline_rows(roof: dict) -> list[list[str]]:
-    units = {"gflops": "GFLOP/s", "gops": "GOP/s", "read_gbps": "GB/s"}
+    from alexnet_deploy.bench.roofline import READ_KEYS
+
     rows = []
     for scope, values in (("cpu", roof), ("cuda", roof.get("cuda") or {})):
         for k, v in values.items():
-            unit = next((u for p, u in units.items() if k.startswith(p)), None)
-            if unit and isinstance(v, (int, float)):
-                rows.append([f"{scope} {k}", f"{v:,.1f} {unit}"])
-            elif unit and isinstance(v, dict):  # read rate over each precision's weight bytes
-                rows += [[f"{scope} {k} ({p})", _rates(x, unit)] for p, x in v.items()]
+            if k.startswith(("gflops", "gops")) and isinstance(v, (int, float)):
+                unit = "GOP/s" if k.startswith("gops") else "GFLOP/s"
+                rows.append([f"{scope} {k} (measured matmul: achievable)", f"{v:,.1f} {unit}"])
+        rows += [_rate_row(scope, k, values) for k in READ_KEYS if values.get(k)]
+        if values.get("cache_bytes"):
+            llc = f"; last level {values['llc_bytes'] / 2**20:,.1f} MiB" if values.get("llc_bytes") else ""
+            rows.append([f"{scope} cache_bytes (weights that may stay cached between calls)",
+                         f"{values['cache_bytes'] / 2**20:,.1f} MiB{llc}"])
+    if roof.get("clock_ghz"):
+        measured = roof.get("clock_measured") or {}
+        note = f", {measured['fallback_reason']}" if measured.get("fallback_reason") else ""
+        rows.append(["cpu clock (the ISA peaks')", f"{roof['clock_ghz']} GHz ({roof.get('clock_source')}); "
+                     f"stated {roof.get('clock_stated_ghz')} GHz{note}"])
     for p, peak in (roof.get("isa_peak") or {}).items():
         unit = "GOP/s" if p == "int8" else "GFLOP/s"
         rows.append([f"cpu isa_peak {p} ({peak['unit']}: {peak['ops_per_cycle']} ops/cycle x {peak['cores']} cores "

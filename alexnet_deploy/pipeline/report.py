@@ -87,6 +87,9 @@ def write_pipeline_report(out: Path, state: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+_SECTION = {"validate": "validation"}  # the table each step's findings are in, where not its own name
+
+
 def _markdown(out: Path, r: dict[str, Any]) -> str:
     t = r["train"]
     md = ["# alexnet-deploy pipeline report\n"]
@@ -94,7 +97,7 @@ def _markdown(out: Path, r: dict[str, Any]) -> str:
         md.append(f"Model: `{model['arch']}`, {model['num_classes']} classes, {model['input']} px input.\n")
     for name, step in r["steps"].items():
         if step.get("findings"):
-            md.append(f"> **{name}: {step['findings']}** -- see the validation table below.\n")
+            md.append(f"> **{name}: {step['findings']}** -- see the {_SECTION.get(name, name)} table below.\n")
     md.append("## Steps\n")
     md.append(markdown_table(["step", "status", "seconds", "log"],
                              [[k, getattr(v["status"], "value", v["status"]), v["seconds"], Path(v["log"]).relative_to(out)
@@ -120,7 +123,8 @@ def _markdown(out: Path, r: dict[str, Any]) -> str:
     md.append("\n## Benchmark\n")
     rows = [[b.get("backend"), b.get("precision"), b.get("batch_size"),
              _num(b.get("latency_ms", {}).get("p50")), _num(b.get("latency_ms", {}).get("p99")),
-             _num(b.get("throughput_ips")), _pct(b.get("efficiency")), b.get("stable")]
+             _num(b.get("throughput_ips")), _pct(b.get("efficiency")) + (" floor wrong" if b.get("floor_wrong") else ""),
+             b.get("stable")]
             for b in r["benchmark"].get("results", [])]
     md.append(markdown_table(["backend", "precision", "batch", "p50 ms", "p99 ms", "images/s",
                               "efficiency", "stable"], rows))
