@@ -51,7 +51,7 @@ def benchmark(export_dir: str | os.PathLike, batch_sizes: Sequence[int] | None =
               model_def: str | None = None, model_args: dict[str, Any] | None = None, **options: Any):
     """Time the artifacts of `export_dir` (as `alexnet-deploy benchmark`, without printing or
     writing). `options`: backends, warmup_s, duration_s, min_duration_s, min_calls, images, scenarios,
-    latency_ms, concurrency, threads, device.
+    latency_ms, concurrency, streams, threads, device.
     Returns the BenchmarkReport."""
     from alexnet_deploy.bench.harness import DEFAULT_BATCH_SIZES
     from alexnet_deploy.bench.harness import benchmark as run

@@ -419,6 +419,9 @@ def _check_report_paths(export_dir: Path, report: Path | None, default: str,
 @click.option("--concurrency", default="1", show_default=True, callback=_positive_ints,
               help="Requests kept in flight, comma-separated (e.g. 1,2,4): each through the runtime's own "
                    "asynchronous machinery, with wall-clock throughput; 1 always runs.")
+@click.option("--streams", default=None, type=click.IntRange(min=1),
+              help="OpenVINO's own streams serving the requests in flight (its NUM_STREAMS) [default: what "
+                   "its THROUGHPUT hint chooses; the number used is reported either way].")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Intra-op threads [default: physical cores].")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),

@@ -85,6 +85,7 @@ class InFlight:
         from concurrent.futures import ThreadPoolExecutor
 
         self._infer, self._n, self._slots = infer, n, threading.Semaphore(n)
+        self.streams: int | None = None  # the runtime's own streams serving the requests, where it has them
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="in-flight")
         self.errors: list[BaseException] = []
 
@@ -126,6 +127,9 @@ class Runner(ABC):
     device_tensors: ClassVar[bool] = False  # infer_device() takes and returns torch tensors on `device`
     computes_in: ClassVar[str | None] = None  # a precision it computes in whatever the file stores (bf16)
     max_in_flight: ClassVar[int | None] = None  # requests it can run at once (None: any; see in_flight)
+    # in_flight(n, streams=k) splits the threads into k of the runtime's own streams (OpenVINO);
+    # runners without them serve every request from one pool of threads
+    has_streams: ClassVar[bool] = False
     # layer_ops() / infer_layers() for `validate --layers`; else why not, in one line
     layer_taps: ClassVar[bool] = False
     no_layers_reason: ClassVar[str] = "this runner cannot read intermediate tensors"
@@ -230,12 +234,15 @@ class Runner(ABC):
         self.check_output(x.shape[0], tuple(out.shape))
         return out
 
-    def in_flight(self, n: int) -> InFlight:
-        """Up to `n` concurrent requests on this active runner (see InFlight; close it after use).
-        A runner that cannot run `n` at once (`max_in_flight`) says why."""
+    def in_flight(self, n: int, streams: int | None = None) -> InFlight:
+        """Up to `n` concurrent requests on this active runner (see InFlight; close it after use),
+        served by `streams` of the runtime's own streams (None: the runtime's choice) where it has
+        them (`has_streams`). A runner that cannot run `n` at once (`max_in_flight`) says why."""
         self._require_active("in_flight")
         if self.max_in_flight is not None and n > self.max_in_flight:
             raise UserError(f"{self.name} runs at most {self.max_in_flight} request(s) at once")
+        if streams is not None and not self.has_streams:
+            raise UserError(f"{self.name} has no streams of its own (--streams applies to OpenVINO's runners)")
         return InFlight(self.infer, n)
 
     # -- validate --layers -----------------------------------------------------------------

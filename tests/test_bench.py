@@ -716,6 +716,57 @@ def test_requests_in_flight_all_get_their_own_right_answers(runner_name, random_
         np.testing.assert_allclose(out, expected[i % 6], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_openvino_serves_requests_in_flight_with_the_streams_asked_for(random_export):
+    """--streams is OpenVINO's NUM_STREAMS: the compiled model runs that many (read back from it,
+    not from what was asked), their answers are right, and a runner without streams says so."""
+    from alexnet_deploy.manifest import Manifest
+    from alexnet_deploy.runtimes import RUNNERS
+
+    cls = RUNNERS["openvino"]
+    if cls.unavailable_reason():
+        pytest.skip(cls.unavailable_reason())
+    manifest = Manifest.read(random_export)
+    artifact = next(a for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32")
+    x = np.random.default_rng(0).standard_normal((2, *manifest.card.input.shape), dtype=np.float32)
+    with cls.from_artifact(manifest, artifact, threads=2) as runner:
+        expected = runner.infer(x)
+        for streams in (1, 2):
+            flight = runner.in_flight(2, streams=streams)
+            got: list[np.ndarray] = []
+            try:
+                assert flight.streams == streams
+                for _ in range(4):
+                    flight.submit(x, lambda out, ms, got=got: got.append(out))
+                flight.drain()
+            finally:
+                flight.close()
+            assert len(got) == 4 and all(np.allclose(g, expected, rtol=1e-4, atol=1e-4) for g in got)
+        chosen = runner.in_flight(2)  # the THROUGHPUT hint's own choice, reported as it is
+        assert chosen.streams is not None and chosen.streams >= 1
+        chosen.close()
+    with RUNNERS["onnxruntime-cpu"].from_artifact(manifest, artifact, threads=2) as ort_runner:
+        with pytest.raises(Exception, match="no streams of its own"):
+            ort_runner.in_flight(2, streams=2)
+
+
+def test_benchmark_streams_reach_openvino_results_only_and_bad_values_are_one_line(random_export, tmp_path):
+    report = tmp_path / "bench.json"
+    proc = run_cli("benchmark", random_export, "--backends", "onnxruntime-cpu,openvino", "--batch-sizes", "1",
+                   "--warmup-s", "0", "--duration-s", "0.2", "--concurrency", "2", "--streams", "2",
+                   "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["settings"]["streams"] == 2
+    flights = [r for r in data["results"] if r["concurrency"] == 2]
+    assert {r["backend"] for r in flights} == {"onnxruntime-cpu", "openvino"}
+    for r in flights:  # ONNX Runtime has no streams: its requests share one thread pool, as without --streams
+        assert r["streams"] == (2 if r["backend"] == "openvino" else None), r
+    assert "2 (2 streams)" in report.with_suffix(".md").read_text()
+    assert_user_error(run_cli("benchmark", random_export, "--streams", "0"), "--streams")
+    assert_user_error(run_cli("benchmark", random_export, "--streams", "2"), "--streams", "--concurrency")
+
+
 def test_a_runner_with_one_execution_context_refuses_more_in_flight():
     from alexnet_deploy.backends.tensorrt.runner import TensorRTRunner
     from alexnet_deploy.runtimes import Runner

@@ -33,13 +33,14 @@ def run_benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None 
                   report: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
                   min_duration_s: float | None = None, min_calls: int = MIN_CALLS,
                   images: str | os.PathLike | None = None, scenarios: Sequence[str] = (),
-                  latency_ms: float | None = None, concurrency: Sequence[int] = (1,)) -> BenchmarkReport:
+                  latency_ms: float | None = None, concurrency: Sequence[int] = (1,),
+                  streams: int | None = None) -> BenchmarkReport:
     """Benchmark EXPORT_DIR, print the table, write the report (default EXPORT_DIR/benchmark.json);
     CheckFailed (exit 1) if the report's self-check failed."""
     result = benchmark(export_dir, backends=backends, batch_sizes=batch_sizes or DEFAULT_BATCH_SIZES,
                        warmup_s=warmup_s, duration_s=duration_s, threads=threads, device=device,
                        min_duration_s=min_duration_s, min_calls=min_calls, images=images,
-                       scenarios=scenarios, latency_ms=latency_ms, concurrency=concurrency)
+                       scenarios=scenarios, latency_ms=latency_ms, concurrency=concurrency, streams=streams)
     json_path = Path(report) if report else Path(result.export_dir) / "benchmark.json"
     paths = write_outputs(result, json_path, plot)
     print_table(result)

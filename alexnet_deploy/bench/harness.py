@@ -105,6 +105,7 @@ class BenchResult:
     # per layer group (conv, fc): roofline.GroupFloor, its compute and memory terms and which bounds it
     floor_terms: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1  # requests in flight (1: one synchronous stream)
+    streams: int | None = None  # the runtime's own streams serving them (OpenVINO), read back from it
     wall_throughput_ips: float | None = None  # items / wall-clock second of the timed run
     best_concurrency: bool = False  # the sweep's best N for its runner, artifact and batch size
 
@@ -118,6 +119,7 @@ class BenchResult:
     @property
     def label(self) -> str:
         flight = f", {self.concurrency} in flight" if self.concurrency > 1 else ""
+        flight += f", {self.streams} streams" if self.streams else ""
         return f"{self.backend} ({self.format}, {self.precision}{flight})"
 
 
@@ -257,6 +259,7 @@ class _RunContext:
     scenarios: list[str] = field(default_factory=list)  # `--scenario`: LoadGen runs after those
     latency_ms: float | None = None  # the server scenario's p99 budget
     concurrency: list[int] = field(default_factory=lambda: [1])  # requests in flight, swept
+    streams: int | None = None  # `--streams`: the runtime's own streams for them, where it has them
     samples: tuple | None = None  # LoadGen's sample set, loaded at the first scenario
 
     def run_length(self) -> dict[str, Any]:
@@ -329,7 +332,7 @@ def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs
     from alexnet_deploy.bench.timing import time_in_flight
 
     try:
-        flight = runner.in_flight(n)
+        flight = runner.in_flight(n, ctx.streams if runner.has_streams else None)
     except UserError as e:
         report.skipped.append(Skip(sync.backend, sync.format, sync.precision, f"concurrency {n}: {e}",
                                    sync.batch_size))
@@ -339,7 +342,7 @@ def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs
     finally:
         flight.close()
     wall = timing.throughput(sync.batch_size)
-    r = replace(sync, concurrency=n, latency_ms=timing.stats, throughput_ips=wall, wall_throughput_ips=wall,
+    r = replace(sync, concurrency=n, streams=flight.streams, latency_ms=timing.stats, throughput_ips=wall, wall_throughput_ips=wall,
                 stable=None, windows=[], calls=len(timing.latencies_ms), timed_s=round(timing.wall_s, 3),
                 peak_rss_mb=round(ctx.memory.peak_mb(), 1))
     roof = ctx.roofline.get("cuda", ctx.roofline) if r.device == "cuda" else ctx.roofline
@@ -414,7 +417,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
               only: Callable[[Any], bool] | None = None, min_duration_s: float | None = None,
               min_calls: int = MIN_CALLS, images: str | os.PathLike | None = None,
               scenarios: Sequence[str] = (), latency_ms: float | None = None,
-              concurrency: Sequence[int] = (1,)) -> BenchmarkReport:
+              concurrency: Sequence[int] = (1,), streams: int | None = None) -> BenchmarkReport:
     """Time every available runner on every batch size; see METHOD and roofline.FORMULA.
     `duration_s` caps each timing; `min_duration_s` (default: MIN_DURATION_S, or duration_s when
     that is shorter) and `min_calls` are what each must reach first. `images`: a folder whose
@@ -422,7 +425,9 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     `scenarios`: MLPerf LoadGen scenarios run on each runner (see bench/loadgen.py); the server
     scenario searches the highest rate whose p99 stays within `latency_ms`. `concurrency`: numbers
     of requests kept in flight (each runtime's own machinery, wall-clock throughput); the
-    synchronous stream (1) always runs, as the baseline."""
+    synchronous stream (1) always runs, as the baseline. `streams`: how many of its own streams a
+    runtime that has them (OpenVINO) serves those requests with (None: its THROUGHPUT hint's choice;
+    the number used is in each result either way)."""
     import torch
 
     from alexnet_deploy.bench import roofline
@@ -442,6 +447,10 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
     loadgen.check_scenarios(list(scenarios), latency_ms)
     if any(n < 1 for n in concurrency):
         raise UserError(f"--concurrency must be >= 1, got {list(concurrency)}")
+    if streams is not None and streams < 1:
+        raise UserError(f"--streams must be >= 1, got {streams}")
+    if streams is not None and max(concurrency) < 2:
+        raise UserError("--streams serves the requests kept in flight: pass --concurrency with a value above 1 too")
     manifest = Manifest.read(export_dir)
     plan, skips = plan_runs(manifest, backends, device, only)
     check_integrity(manifest, [c.artifact for c in plan])
@@ -458,7 +467,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
             manifest=manifest, batch_sizes=sorted(set(batch_sizes)), warmup_s=warmup_s,
             duration_s=duration_s, min_duration_s=min_duration_s, min_calls=min_calls, images=image_paths,
             scenarios=list(scenarios), latency_ms=latency_ms, concurrency=sorted({1, *concurrency}),
-            threads=threads, cost=cost, memory=PeakMemory(),
+            streams=streams, threads=threads, cost=cost, memory=PeakMemory(),
             roofline=roofline.measure(threads, any(c.runner_cls.device == "cuda" for c in plan)))
         report = BenchmarkReport(
             export_dir=str(manifest.root), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -467,7 +476,7 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
                       "min_duration_s": min_duration_s, "min_calls": min_calls,
                       "images": str(images) if images is not None else None,
                       "scenarios": list(scenarios), "latency_ms": latency_ms,
-                      "concurrency": sorted({1, *concurrency}),
+                      "concurrency": sorted({1, *concurrency}), "streams": streams,
                       "threads": threads, "device": device, "backends": list(backends or [])},
             roofline={**ctx.roofline, "model_macs": ctx.cost.macs, "model_params": ctx.cost.params,
                       "model_input": card.input.crop,

@@ -32,7 +32,7 @@ def _row(r: BenchResult) -> list:
     backend = f"{r.backend} {RECOMMENDED_MARK}" if r.recommended else r.backend
     lat = r.latency_ms
     cv = f"{lat.cv:.1%}{' ' + NOISY_MARK if lat.noisy else ''}"
-    flight = f"{r.concurrency}{' best' if r.best_concurrency else ''}"
+    flight = f"{r.concurrency}{f' ({r.streams} streams)' if r.streams else ''}{' best' if r.best_concurrency else ''}"
     wall = "" if r.wall_throughput_ips is None else f"{r.wall_throughput_ips:.1f}"
     stable = "n/a" if r.stable is None else "yes" if r.stable else "NO"
     return [backend, r.format, r.precision, r.batch_size, flight, f"{lat.p50:.3f}", f"{lat.p99:.3f}",

@@ -36,6 +36,7 @@ class OpenVinoRunner(Runner):
     # compute stays f32 here (int8 graphs keep their quantized layers) and `openvino-bf16` asks for less.
     inference_precision: ClassVar[str] = "f32"
     layer_taps = True
+    has_streams = True
     # A marked output changes how the CPU plugin compiles the graph around it, and not always
     # faithfully: with an int8 squeeze-excitation's first convolution marked (MobileNetV3, QDQ ONNX
     # and NNCF IR alike), its ReLU is folded into the next FakeQuantize, which then outputs zeros,
@@ -112,16 +113,21 @@ class OpenVinoRunner(Runner):
         self._request.infer({0: batch})
         return self._request.get_output_tensor(0).data.copy()  # the request reuses its buffer
 
-    def in_flight(self, n: int) -> InFlight:
+    def in_flight(self, n: int, streams: int | None = None) -> InFlight:
         """OpenVINO's own machinery: an AsyncInferQueue of n requests on the model compiled again
-        with the THROUGHPUT hint for n requests (its streams split the threads between them)."""
+        with the THROUGHPUT hint for n requests, whose streams split the threads between them:
+        `streams` of them, or as many as the hint chooses; the number it runs is read back."""
         import openvino as ov
 
         self._require_active("in_flight")
         config = {**self.compile_config(), "PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": n}
+        if streams is not None:
+            config["NUM_STREAMS"] = streams  # an explicit property wins over the hint's choice
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(self.path)), self.ov_device, config)
-        return _AsyncQueue(ov.AsyncInferQueue(compiled, n), self)
+        queue = _AsyncQueue(ov.AsyncInferQueue(compiled, n), self)
+        queue.streams = int(compiled.get_property("NUM_STREAMS"))
+        return queue
 
     def deactivate_impl(self) -> None:
         self._request = self._compiled = None
@@ -133,6 +139,7 @@ class _AsyncQueue(InFlight):
 
     def __init__(self, queue, runner: OpenVinoRunner) -> None:
         self._queue, self._runner, self.errors = queue, runner, []
+        self.streams: int | None = None
         queue.set_callback(self._done)
 
     def submit(self, batch: np.ndarray, done) -> None:
