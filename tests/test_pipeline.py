@@ -43,15 +43,8 @@ def test_pipeline_runs_every_step_and_resumes_after_a_failure(tmp_path, demo_dat
     assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
     for step in ("train", "export", "validate", "benchmark"):
         assert f"{step} already done" in same.stdout
-    # Resumed with other formats: export and what reads it run again, training does not.
-    fewer = run_cli("pipeline", "--data", demo_data, "--out", out, "--quick", "--formats", "torchscript")
-    assert fewer.returncode == 0, fewer.stdout[-3000:] + fewer.stderr[-3000:]
-    assert "train already done" in fewer.stdout and weights.stat().st_mtime_ns == trained_at
-    report = json.loads((out / "report.json").read_text())
-    assert {a["format"] for a in report["export"]["artifacts"]} == {"torchscript"}
-    validated = {r["format"] for r in report["validate"]["results"]}
-    assert "torchscript" in validated and "torch-export" not in validated
-    assert "torch-export" not in {r["backend"] for r in report["benchmark"]["results"]}
+    # Resumed with other settings: which steps rerun is test_resume_reruns_a_step_whose_settings_changed_...
+    # below (the step commands faked: a third real run would only repeat it at a minute's cost).
 
 
 @pytest.mark.slow
