@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_user_error, run_cli
 
-from alexnet_deploy.bench.roofline import floor_ms, model_cost
+from alexnet_deploy.bench.roofline import floor, model_cost
 from alexnet_deploy.bench.timing import (
     LatencyStats,
     PeakMemory,
@@ -212,12 +212,12 @@ def test_model_cost_matches_alexnet_published_figures():
 def test_floor_grows_with_batch_and_shrinks_with_precision():
     cost = model_cost("alexnet", 1000, 224)
     roof = {"gflops_fp32": 100.0, "gops_int8": 400.0, "read_gbps": 10.0}  # no per-size rates: DRAM rate
-    f1, basis = floor_ms(cost, 1, "fp32", roof)
-    f64, _ = floor_ms(cost, 64, "fp32", roof)
+    one = floor(cost, 1, "fp32", roof)
+    f1, f64 = one.ms, floor(cost, 64, "fp32", roof).ms
     assert 0 < f1 < f64
-    assert "fc memory-bound" in basis and "conv compute-bound" in basis
-    assert floor_ms(cost, 1, "int8", roof)[0] < f1
-    assert floor_ms(cost, 1, "fp16", roof)[0] <= f1  # no fp16 rate: fp32 rate, half the bytes
+    assert "fc memory-bound" in one.basis and "conv compute-bound" in one.basis
+    assert floor(cost, 1, "int8", roof).ms < f1
+    assert floor(cost, 1, "fp16", roof).ms <= f1  # no fp16 rate: fp32 rate, half the bytes
 
 
 @pytest.mark.parametrize("flags, expected", [

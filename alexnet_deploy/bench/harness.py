@@ -90,9 +90,10 @@ class BenchResult:
     peak_rss_mb: float
     rss_before_load_mb: float
     input_buffers_mb: float
-    floor_ms: float
-    efficiency: float
-    floor_basis: str
+    # set once, by _final_floors, from the machine's limits measured before and after every runner
+    floor_ms: float | None = None
+    efficiency: float | None = None
+    floor_basis: str = ""
     h2d_ms: float | None = None
     compute_ms: float | None = None
     d2h_ms: float | None = None
@@ -270,8 +271,6 @@ class _RunContext:
 
 def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, report: BenchmarkReport) -> None:
     """Load once, then every batch size in ascending order; peaks are per runner, cumulative."""
-    from alexnet_deploy.bench.roofline import floor
-
     runner_name = cls.name
     results, skips = report.results, report.skipped
     runner = cls.from_artifact(ctx.manifest, artifact, threads=ctx.threads)
@@ -291,8 +290,6 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
             runner.infer(inputs[0])
             first_ms = (time.perf_counter() - t0) * 1e3
             timing, cuda = time_runner(runner, inputs, ctx.run_length())
-            roof = ctx.roofline.get("cuda", ctx.roofline) if cls.device == "cuda" else ctx.roofline
-            bound = floor(ctx.cost, batch, artifact.precision, roof)
             stats = timing.stats
             results.append(BenchResult(
                 backend=runner_name, format=artifact.format, precision=artifact.precision,
@@ -303,8 +300,6 @@ def _bench_runner(ctx: _RunContext, cls: type[Runner], artifact: Artifact, repor
                 calls=len(timing.samples_ms), timed_s=round(timing.timed_s, 3),
                 peak_rss_mb=round(ctx.memory.peak_mb(), 1), rss_before_load_mb=round(rss_before, 1),
                 input_buffers_mb=round(sum(x.nbytes for x in inputs) / 2**20, 1),
-                floor_ms=bound.ms, efficiency=bound.ms / stats.p50, floor_basis=bound.basis,
-                floor_terms=bound.groups,
                 inference_precision=reported_precision(runner), artifact=artifact.path, **cuda))
             r = results[-1]
             r.wall_throughput_ips = batch * r.calls / timing.timed_s
@@ -328,7 +323,6 @@ def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs
     """`sync`'s runner and batch again with n requests in flight, through the runtime's own machinery."""
     from dataclasses import replace
 
-    from alexnet_deploy.bench.roofline import floor
     from alexnet_deploy.bench.timing import time_in_flight
 
     try:
@@ -342,13 +336,9 @@ def _bench_in_flight(ctx: _RunContext, runner: Runner, sync: BenchResult, inputs
     finally:
         flight.close()
     wall = timing.throughput(sync.batch_size)
-    r = replace(sync, concurrency=n, streams=flight.streams, latency_ms=timing.stats, throughput_ips=wall, wall_throughput_ips=wall,
-                stable=None, windows=[], calls=len(timing.latencies_ms), timed_s=round(timing.wall_s, 3),
-                peak_rss_mb=round(ctx.memory.peak_mb(), 1))
-    roof = ctx.roofline.get("cuda", ctx.roofline) if r.device == "cuda" else ctx.roofline
-    bound = floor(ctx.cost, r.batch_size, r.precision, roof, in_flight=n)
-    r.floor_ms, r.floor_basis, r.floor_terms = bound.ms, bound.basis, bound.groups
-    r.efficiency = r.floor_ms / r.time_per_batch_ms
+    r = replace(sync, concurrency=n, streams=flight.streams, latency_ms=timing.stats, throughput_ips=wall,
+                wall_throughput_ips=wall, stable=None, windows=[], calls=len(timing.latencies_ms),
+                timed_s=round(timing.wall_s, 3), peak_rss_mb=round(ctx.memory.peak_mb(), 1))
     report.results.append(r)
     log.info(f"{runner.label} batch {r.batch_size}, {n} in flight: {wall:.1f} img/s, p99 {r.latency_ms.p99:.3f} ms")
 
@@ -506,17 +496,17 @@ def benchmark(export_dir: str | os.PathLike, backends: Sequence[str] | None = No
 
 
 def _final_floors(ctx: _RunContext, report: BenchmarkReport) -> None:
-    """Floors from the better of the two measurements of the read rates and the clock, then the
-    floor's own check."""
+    """Every result's floor, from the better of the two measurements of the CPU's read rates and clock
+    (the GPU's are measured once), then the floor's own check."""
     from alexnet_deploy.bench import roofline
 
     for key in roofline.remeasure(ctx.roofline):
         report.roofline[key] = ctx.roofline[key]
     for r in report.results:
-        if r.device == "cpu":
-            bound = roofline.floor(ctx.cost, r.batch_size, r.precision, ctx.roofline, in_flight=r.concurrency)
-            r.floor_ms, r.floor_basis, r.floor_terms = bound.ms, bound.basis, bound.groups
-            r.efficiency = r.floor_ms / r.time_per_batch_ms
+        roof = ctx.roofline.get("cuda", ctx.roofline) if r.device == "cuda" else ctx.roofline
+        bound = roofline.floor(ctx.cost, r.batch_size, r.precision, roof, in_flight=r.concurrency)
+        r.floor_ms, r.floor_basis, r.floor_terms = bound.ms, bound.basis, bound.groups
+        r.efficiency = r.floor_ms / r.time_per_batch_ms
     report.self_check = self_check(report.results)
     if not report.self_check.passed:
         note = (f"floor wrong: {', '.join(report.self_check.floor_wrong)} ran faster than the floor allows "

@@ -50,13 +50,12 @@ def recommend(manifest: Manifest, target: str = "cpu", threads: int | None = Non
     recommendation (see the module's docstring); nothing is written. `backends`: only these runners
     are candidates (the runtimes a deployment can ship); None: every one that applies."""
     from alexnet_deploy.bench import benchmark
-    from alexnet_deploy.runtimes import get_runner, runners_for
+    from alexnet_deploy.runtimes import runners_for
 
     check_options(target, latency_ms, max_accuracy_drop, scenario)
-    for name in backends or ():
-        get_runner(name)  # an unknown name is one line naming the registered ones
-    choices = [c for c in runners_for(manifest) if c.available and c.artifact.precision in PRECISIONS
-               and c.runner_cls.device == target and (backends is None or c.runner in backends)]
+    # runners_for: an unknown name in `backends` is one line naming the registered ones
+    choices = [c for c in runners_for(manifest, backends) if c.available and c.artifact.precision in PRECISIONS
+               and c.runner_cls.device == target]
     if backends and not choices:
         raise UserError(f"--backends {','.join(backends)}: none of them runs a {target} artifact of "
                         f"{manifest.root}; name others, or export a format they run")

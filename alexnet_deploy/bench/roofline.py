@@ -222,12 +222,6 @@ def floor(cost: ModelCost, batch: int, precision: str, roofline: dict, in_flight
     return Floor(total, basis, groups)
 
 
-def floor_ms(cost: ModelCost, batch: int, precision: str, roofline: dict) -> tuple[float, str]:
-    """The floor time and a one-line statement of what it was computed from."""
-    f = floor(cost, batch, precision, roofline)
-    return f.ms, f.basis
-
-
 # ---------------------------------------------------------------------------------------------
 # The machine's limits
 # ---------------------------------------------------------------------------------------------

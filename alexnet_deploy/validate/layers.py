@@ -136,9 +136,8 @@ def weighted_depths(model: nn.Module, order: list[str]) -> dict[str, int]:
     output carries. A container finishes after its children, so it counts them too."""
     from torch import nn
 
-    weighted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                nn.ConvTranspose3d, nn.Linear)
-    kinds = {name for name, m in model.named_modules() if isinstance(m, weighted)}
+    # every convolution (transposed ones too) and Linear, as roofline.model_cost counts them
+    kinds = {name for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
     depths, k = {}, 0
     for name in order:
         k += name in kinds
