@@ -175,13 +175,13 @@ def test_every_precision_has_limits_a_weight_width_and_a_peak():
 
 
 def test_the_floor_reads_int4_weights_at_half_a_byte():
-    from alexnet_deploy.bench.roofline import LayerGroup, ModelCost, floor_ms
+    from alexnet_deploy.bench.roofline import LayerGroup, ModelCost, floor
 
     cost = ModelCost({"fc": LayerGroup(macs=1, params=1_000_000_000)})  # memory-bound: 1 G weights
     roof = {"read_gbps": 10.0, "gops_int8": 1000.0, "gflops_fp32": 100.0}
-    assert floor_ms(cost, 1, "int4w", roof)[0] == pytest.approx(50.0)  # 0.5 GB at 10 GB/s
-    assert floor_ms(cost, 1, "int8w", roof)[0] == pytest.approx(100.0)
-    assert "gops_int8" in floor_ms(cost, 1, "int4w-a8", roof)[1]  # the fastest unit bounds the compute
+    assert floor(cost, 1, "int4w", roof).ms == pytest.approx(50.0)  # 0.5 GB at 10 GB/s
+    assert floor(cost, 1, "int8w", roof).ms == pytest.approx(100.0)
+    assert "gops_int8" in floor(cost, 1, "int4w-a8", roof).basis  # the fastest unit bounds the compute
 
 
 # ---------------------------------------------------------------------------------------------
