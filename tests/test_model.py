@@ -114,3 +114,30 @@ def test_missing_weights_and_offline_torchvision(tmp_path, monkeypatch):
 def test_fine_tune_head_replacement(random_weights):
     model, card = load_weights(random_weights, num_classes=3)
     assert model.classifier[6].out_features == 3 and card.num_classes == 3
+
+
+def test_loading_skips_the_random_init_and_keeps_buffers_computed_at_construction(monkeypatch):
+    """load_weights builds the model on the meta device and copies the file's tensors in (AlexNet's
+    random initialisation cost 0.33 s of every load); a module with a non-persistent buffer, which
+    no file holds, is built as usual so that buffer keeps its computed value."""
+    from torch import nn
+
+    from alexnet_deploy import models as M
+
+    class WithTable(nn.Module):
+        def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, num_classes)
+            self.register_buffer("table", torch.arange(4.0) * 3, persistent=False)
+
+    monkeypatch.setitem(M.MODELS, "with-table", WithTable)
+    state = WithTable(3).state_dict()
+    built = M._built_from("with-table", 3, state)
+    assert torch.equal(built.table, torch.arange(4.0) * 3)
+    assert torch.equal(built.fc.weight, state["fc.weight"]) and torch.equal(built.fc.bias, state["fc.bias"])
+
+    torch.manual_seed(0)
+    ref = M.build_model("mobilenet_v3_small", 10)  # batch-norm buffers too
+    built = M._built_from("mobilenet_v3_small", 10, ref.state_dict())
+    assert not any(t.is_meta for t in [*built.parameters(), *built.buffers()])
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), built.state_dict().values(), strict=True))
