@@ -11,7 +11,12 @@ the recipe's own results). Shared: a test that changes files must copy them firs
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +78,6 @@ def random_export_run(tmp_path_factory, random_weights, demo_data) -> ExportRun:
     the demo val images under class names the model does not have ("square" spelled "sqaure").
     Two trial cases read this run instead of exporting again: #104 (6 calibration images, no
     multiple of the batch) and #112 (calibration data needs no matching class names)."""
-    import os
-
     root = tmp_path_factory.mktemp("random-export")
     calib = root / "calib"
     shutil.copytree(demo_data / "val", calib, copy_function=os.link)
@@ -94,37 +97,117 @@ def random_export(random_export_run) -> Path:
     return run.out
 
 
+# The demo recipe's training is the suite's longest step (about 100 s on two cores) while, on average,
+# nearly a core idles (most tests wait on one thread or one child process). So when enough of the
+# session does not need the trained model, its data and training run in a child process started
+# with the session, at the lowest priority (tests/background_training.py), and the modules that need
+# the model run last. Otherwise (a few tests picked) it trains here, as before.
+TRAINED = {"recipe_data", "learned_run", "trained_weights", "exported_dir"}
+OVERLAP_MIN_TESTS = 100  # fewer tests than this before the first that needs it: train in this process
+
+
+def _needs_training(item) -> bool:
+    return bool(TRAINED & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Whole modules that use the trained model move to the end, in their order: splitting a module
+    would set up its module-scoped fixtures twice."""
+    late = {getattr(i, "module", None) for i in items if _needs_training(i)} - {None}
+    items[:] = [i for i in items if getattr(i, "module", None) not in late] + \
+               [i for i in items if getattr(i, "module", None) in late]
+
+
+@dataclass
+class Training:
+    """Where the recipe's data, run and export go, and the child making them (None: made in this
+    process, each when first asked for)."""
+
+    data: Path
+    run: Path
+    result: Path
+    export: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def wait_for(self, path: Path, what: str, timeout_s: float = 1800) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            code = self.proc.poll()
+            if code is not None and not path.exists():
+                pytest.fail(f"the background demo training exited {code} before {what}; its log:\n"
+                            + self.log.read_text(errors="replace")[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail(f"the background demo training did not finish {what} in {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _recipe_training(request, tmp_path_factory):
+    items = request.session.items
+    first = next((n for n, i in enumerate(items) if _needs_training(i)), None)
+    root = tmp_path_factory.mktemp("recipe")
+    training = Training(data=root / "demo", run=root / "run", result=root / "result.json",
+                        export=root / "exported", log=root / "train.log")
+    if first is not None and first >= OVERLAP_MIN_TESTS:
+        with open(training.log, "wb") as log:
+            training.proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("background_training.py")), str(training.data),
+                 str(training.run), str(training.result), str(training.export)],
+                # passive: a thread that waits sleeps instead of spinning, so the scheduler moves the
+                # one a test's thread holds off its core to the idle one (spinning, the niced child
+                # stalled at its barriers: 148 s for an epoch that takes 9 s alone)
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    yield training
+    if training.proc is not None and training.proc.poll() is None:
+        training.proc.kill()
+        training.proc.wait()
+
+
 @pytest.fixture(scope="session")
-def exported_dir(tmp_path_factory, trained_weights) -> Path:
-    """`export --formats all` of the demo recipe's trained model (every format this machine can
-    export, the rest skipped with the reason) at max batch 8 with 32 calibration images: for
-    checks where accuracy matters (int8 and fp16 agreement, accuracy drops, recommend) and those
-    that need every format. Shared by the whole session: tests that change files must copy it
-    first (shutil.copytree). Mechanics that need only torchscript / onnx use `random_export`."""
-    from alexnet_deploy.exporters import export_all
-
-    out = tmp_path_factory.mktemp("export") / "exported"
-    export_all(trained_weights, out, formats=["all"], max_batch=8, calib_images=32, show=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def recipe_data(tmp_path_factory) -> Path:
+def recipe_data(_recipe_training) -> Path:
     """The demo data exactly as `make demo` generates it (training.DEMO_RECIPE["data"])."""
     from alexnet_deploy.training import DEMO_RECIPE
 
-    return make_demo(tmp_path_factory.mktemp("recipe") / "demo", **DEMO_RECIPE["data"])
+    t = _recipe_training
+    if t.proc is None:
+        return make_demo(t.data, **DEMO_RECIPE["data"])
+    t.wait_for(Path(f"{t.result}.data"), "the demo data")
+    return t.data
 
 
 @pytest.fixture(scope="session")
-def learned_run(tmp_path_factory, recipe_data):
-    """`make demo`'s training step: DEMO_RECIPE["train"] on `recipe_data` (about 2.5 minutes on two
-    cores). Its weights are the session's trained model: they learned the classes, so int8 and
-    accuracy checks downstream are meaningful."""
-    from alexnet_deploy.training import DEMO_RECIPE, TrainConfig, fit
+def learned_run(_recipe_training, recipe_data):
+    """`make demo`'s training step: DEMO_RECIPE["train"] on `recipe_data` (about 2 minutes on two
+    cores, in the background when it can be). Its weights are the session's trained model: they
+    learned the classes, so int8 and accuracy checks downstream are meaningful."""
+    from alexnet_deploy.training import DEMO_RECIPE, TrainConfig, TrainResult, fit
 
-    run = tmp_path_factory.mktemp("train") / "run"
-    return fit(TrainConfig(data=str(recipe_data), out=str(run), **DEMO_RECIPE["train"], quiet=True))
+    t = _recipe_training
+    if t.proc is None:
+        return fit(TrainConfig(data=str(recipe_data), out=str(t.run), **DEMO_RECIPE["train"], quiet=True))
+    t.wait_for(t.result, "the training")
+    return TrainResult(**json.loads(t.result.read_text()))
+
+
+@pytest.fixture(scope="session")
+def exported_dir(_recipe_training, trained_weights) -> Path:
+    """`export --formats all` of the demo recipe's trained model (every format this machine can
+    export, the rest skipped with the reason) at max batch 8 with 32 calibration images
+    (background_training.EXPORT): for checks where accuracy matters (int8 and fp16 agreement,
+    accuracy drops, recommend) and those that need every format. Shared by the whole session: tests
+    that change files must copy it first (shutil.copytree). Mechanics that need only torchscript /
+    onnx use `random_export`."""
+    from background_training import EXPORT
+
+    from alexnet_deploy.exporters import export_all
+
+    t = _recipe_training
+    if t.proc is None:
+        export_all(trained_weights, t.export, **EXPORT)
+    else:
+        t.wait_for(Path(f"{t.result}.export"), "the export")
+    return t.export
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import numpy as np
@@ -37,7 +38,8 @@ def recommended_dir(exported_dir, tmp_path_factory):
     from alexnet_deploy.bench.recommend import recommend_export
 
     out = tmp_path_factory.mktemp("recommend") / "export"
-    shutil.copytree(exported_dir, out)
+    # hard links: recommend only adds files (its report), and copying every format is GBs
+    shutil.copytree(exported_dir, out, copy_function=os.link)
     recommend_export(out, warmup_s=0.02, duration_s=0.05, latency_ms=100000, max_accuracy_drop=MAX_DROP,
                      images=40)
     return out
