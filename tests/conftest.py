@@ -100,7 +100,7 @@ def random_export(random_export_run) -> Path:
 # The demo recipe's training is the suite's longest step (about 100 s on two cores) while, on average,
 # nearly a core idles (most tests wait on one thread or one child process). So when enough of the
 # session does not need the trained model, its data and training run in a child process started
-# with the session, at the lowest priority (tests/background_training.py), and the tests that need
+# with the session, at the lowest priority (tests/background_training.py), and the modules that need
 # the model run last. Otherwise (a few tests picked) it trains here, as before.
 TRAINED = {"recipe_data", "learned_run", "trained_weights", "exported_dir"}
 OVERLAP_MIN_TESTS = 100  # fewer tests than this before the first that needs it: train in this process
@@ -111,10 +111,11 @@ def _needs_training(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that use the trained model move to the end, in their order. Every module-scoped
-    fixture they use is built on the trained model, so no other test shares it: splitting their
-    modules sets none up twice that costs anything."""
-    items[:] = [i for i in items if not _needs_training(i)] + [i for i in items if _needs_training(i)]
+    """Whole modules that use the trained model move to the end, in their order: splitting a module
+    would set up its module-scoped fixtures twice."""
+    late = {getattr(i, "module", None) for i in items if _needs_training(i)} - {None}
+    items[:] = [i for i in items if getattr(i, "module", None) not in late] + \
+               [i for i in items if getattr(i, "module", None) in late]
 
 
 @dataclass
