@@ -15,7 +15,6 @@ once what it announces is complete.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -23,27 +22,37 @@ import sys
 EXPORT = {"formats": ["all"], "max_batch": 8, "calib_images": 32, "show": False}
 
 
-def main(data: str, run: str, result: str, export: str) -> int:
-    os.nice(19)
+# The three steps, as conftest also runs them in its own process when it does not start this one.
+def make_data(data):
     from alexnet_deploy.data import make_demo
+    from alexnet_deploy.training import DEMO_RECIPE
+
+    return make_demo(data, **DEMO_RECIPE["data"])
+
+
+def train(data, run):
     from alexnet_deploy.training import DEMO_RECIPE, TrainConfig, fit
 
-    make_demo(data, **DEMO_RECIPE["data"])
-    _publish(result + ".data", {})
-    trained = fit(TrainConfig(data=data, out=run, **DEMO_RECIPE["train"], quiet=True))
-    _publish(result, trained.to_dict())
+    return fit(TrainConfig(data=str(data), out=str(run), **DEMO_RECIPE["train"], quiet=True))
+
+
+def export(weights, out) -> None:
     from alexnet_deploy.exporters import export_all
 
-    export_all(trained.weights, export, **EXPORT)
-    _publish(result + ".export", {})
+    export_all(weights, out, **EXPORT)
+
+
+def main(data: str, run: str, result: str, export_dir: str) -> int:
+    os.nice(19)
+    from alexnet_deploy.files import write_json  # atomic: each marker appears complete
+
+    make_data(data)
+    write_json(result + ".data", {})
+    trained = train(data, run)
+    write_json(result, trained.to_dict())
+    export(trained.weights, export_dir)
+    write_json(result + ".export", {})
     return 0
-
-
-def _publish(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

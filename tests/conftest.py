@@ -167,11 +167,11 @@ def _recipe_training(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def recipe_data(_recipe_training) -> Path:
     """The demo data exactly as `make demo` generates it (training.DEMO_RECIPE["data"])."""
-    from alexnet_deploy.training import DEMO_RECIPE
+    from background_training import make_data
 
     t = _recipe_training
     if t.proc is None:
-        return make_demo(t.data, **DEMO_RECIPE["data"])
+        return make_data(t.data)
     t.wait_for(Path(f"{t.result}.data"), "the demo data")
     return t.data
 
@@ -181,11 +181,13 @@ def learned_run(_recipe_training, recipe_data):
     """`make demo`'s training step: DEMO_RECIPE["train"] on `recipe_data` (about 2 minutes on two
     cores, in the background when it can be). Its weights are the session's trained model: they
     learned the classes, so int8 and accuracy checks downstream are meaningful."""
-    from alexnet_deploy.training import DEMO_RECIPE, TrainConfig, TrainResult, fit
+    from background_training import train
+
+    from alexnet_deploy.training import TrainResult
 
     t = _recipe_training
     if t.proc is None:
-        return fit(TrainConfig(data=str(recipe_data), out=str(t.run), **DEMO_RECIPE["train"], quiet=True))
+        return train(recipe_data, t.run)
     t.wait_for(t.result, "the training")
     return TrainResult(**json.loads(t.result.read_text()))
 
@@ -198,13 +200,11 @@ def exported_dir(_recipe_training, trained_weights) -> Path:
     accuracy drops, recommend) and those that need every format. Shared by the whole session: tests
     that change files must copy it first (shutil.copytree). Mechanics that need only torchscript /
     onnx use `random_export`."""
-    from background_training import EXPORT
-
-    from alexnet_deploy.exporters import export_all
+    from background_training import export
 
     t = _recipe_training
     if t.proc is None:
-        export_all(trained_weights, t.export, **EXPORT)
+        export(trained_weights, t.export)
     else:
         t.wait_for(Path(f"{t.result}.export"), "the export")
     return t.export

@@ -440,13 +440,13 @@ def load_weights(spec: str | os.PathLike, num_classes: int | None = None,
         card.arch = arch
     if card.arch.startswith(USER_PREFIX):
         return _load_user(state, card, spec, num_classes, device)
-    # checked before the model is built: a file that does not fit fails without initialising
-    # AlexNet's 61 M weights first (0.05 s each time, which `info` and every check paid)
+    # checked before any model is built: a file that does not fit fails without initialising one
     _check_fits(state, spec, card.arch, card.num_classes)
-    model = _built_from(card.arch, card.num_classes, state)
     if num_classes is not None and num_classes != card.num_classes:
         model = with_new_head(card.arch, state, num_classes)
         card.num_classes, card.classes = num_classes, [f"class_{i}" for i in range(num_classes)]
+    else:
+        model = _built_from(card.arch, card.num_classes, state)
     return model.to(device).eval(), card
 
 
