@@ -116,6 +116,46 @@ class InFlight:
         self._pool.shutdown(wait=True)
 
 
+class CudaStreamsInFlight(InFlight):
+    """InFlight on a CUDA device, one stream per request slot (as trtexec --streams): a request
+    copies its batch in, computes and copies the logits out on its slot's stream, so requests overlap
+    on the GPU instead of queueing on the default stream; `.cpu()` waits for that stream alone, and
+    the latency includes both copies, as a serving client sees it. `calls[i]` runs a device tensor on
+    the current stream (the same callable for every slot where the runtime may be entered from
+    several streams at once, one per slot where it may not: a TensorRT execution context);
+    `release` frees what the slots held, on close."""
+
+    def __init__(self, calls: list[Callable[[Any], Any]], device: str,
+                 release: Callable[[], None] | None = None) -> None:
+        import queue
+
+        super().__init__(self._on_a_stream, len(calls))
+        self._calls, self._device, self._release = calls, device, release
+        self._streams: list[Any] = [None] * len(calls)  # made on a slot's first request
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(len(calls)):
+            self._free.put(slot)
+        self.streams = len(calls)
+
+    def _on_a_stream(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        slot = self._free.get()  # never blocks: InFlight admits at most n requests
+        try:
+            if self._streams[slot] is None:
+                self._streams[slot] = torch.cuda.Stream(self._device)
+            with torch.cuda.stream(self._streams[slot]):
+                out = self._calls[slot](torch.from_numpy(batch).to(self._device))
+                return out.float().cpu().numpy()
+        finally:
+            self._free.put(slot)
+
+    def close(self) -> None:
+        super().close()
+        if self._release is not None:
+            self._release()
+
+
 class Runner(ABC):
     """Runs one model file. `infer` takes float32 NCHW numpy and returns float32 logits; a runner
     that declares `device_tensors` also runs torch tensors already on its device (`infer_device`)."""
@@ -126,10 +166,12 @@ class Runner(ABC):
     # Declared capabilities (callers read these instead of probing for methods):
     device_tensors: ClassVar[bool] = False  # infer_device() takes and returns torch tensors on `device`
     computes_in: ClassVar[str | None] = None  # a precision it computes in whatever the file stores (bf16)
-    max_in_flight: ClassVar[int | None] = None  # requests it can run at once (None: any; see in_flight)
     # in_flight(n, streams=k) splits the threads into k of the runtime's own streams (OpenVINO);
     # runners without them serve every request from one pool of threads
     has_streams: ClassVar[bool] = False
+    # in_flight(n) runs each request on a CUDA stream of its own (CudaStreamsInFlight), on the
+    # callables stream_calls(n) gives; without, requests share the thread's current stream
+    cuda_streams: ClassVar[bool] = False
     # layer_ops() / infer_layers() for `validate --layers`; else why not, in one line
     layer_taps: ClassVar[bool] = False
     no_layers_reason: ClassVar[str] = "this runner cannot read intermediate tensors"
@@ -228,22 +270,33 @@ class Runner(ABC):
         if not self.device_tensors:
             raise TypeError(f"{self.name} takes host arrays only: call infer() with a numpy array "
                             "(it does not declare device_tensors)")
+        return self._checked_on_device(x, self.infer_device_impl)
+
+    def _checked_on_device(self, x: Any, impl: Callable[[Any], Any]) -> Any:
+        """`impl(x)` between infer_device's checks (also for a stream's own execution state)."""
         self._require_active("infer_device")
         self.check_device_input(x)
-        out = self.infer_device_impl(x)
+        out = impl(x)
         self.check_output(x.shape[0], tuple(out.shape))
         return out
 
     def in_flight(self, n: int, streams: int | None = None) -> InFlight:
         """Up to `n` concurrent requests on this active runner (see InFlight; close it after use),
         served by `streams` of the runtime's own streams (None: the runtime's choice) where it has
-        them (`has_streams`). A runner that cannot run `n` at once (`max_in_flight`) says why."""
+        them (`has_streams`); on a CUDA device each request has a stream of its own (`cuda_streams`)."""
         self._require_active("in_flight")
-        if self.max_in_flight is not None and n > self.max_in_flight:
-            raise UserError(f"{self.name} runs at most {self.max_in_flight} request(s) at once")
         if streams is not None and not self.has_streams:
             raise UserError(f"{self.name} has no streams of its own (--streams applies to OpenVINO's runners)")
+        if self.cuda_streams:
+            calls, release = self.stream_calls(n)
+            return CudaStreamsInFlight(calls, self.device, release)
         return InFlight(self.infer, n)
+
+    def stream_calls(self, n: int) -> tuple[list[Callable[[Any], Any]], Callable[[], None] | None]:
+        """For `cuda_streams` runners: what each of n concurrent streams calls on a device tensor,
+        and what frees it after (None: nothing). Entering one model from several streams at once
+        is safe for torch modules; runtimes with per-execution state override this."""
+        return [self.infer_device] * n, None
 
     # -- validate --layers -----------------------------------------------------------------
     def layer_ops(self) -> list[LayerOp]:

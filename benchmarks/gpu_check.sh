@@ -81,9 +81,14 @@ step "benchmark --device cuda"
 ad benchmark "$WORK/export" --device cuda --batch-sizes 1,8,32,64 --warmup-s 1 --duration-s 4 \
     --report "$WORK/export/benchmark-cuda.json" --plot "$WORK/export/benchmark-cuda.png"
 
+# -- requests in flight on CUDA streams (one stream per request; TensorRT: an engine each) -------
+step "benchmark --device cuda --concurrency 2,4"
+ad benchmark "$WORK/export" --device cuda --batch-sizes 1,8 --concurrency 2,4 --warmup-s 0.5 --duration-s 2 \
+    --report "$WORK/export/benchmark-cuda-streams.json" || echo "streams benchmark exit status: $?"
+
 # -- reports into $OUT -------------------------------------------------------------------------
 step "collect"
-cp "$WORK/export/benchmark-cuda."{json,md,png} "$WORK/export/validation."{json,md} "$OUT/" 2>/dev/null || true
+cp "$WORK/export/benchmark-cuda."{json,md,png} "$WORK/export/benchmark-cuda-streams."{json,md} "$WORK/export/validation."{json,md} "$OUT/" 2>/dev/null || true
 cp "$WORK/export/manifest.json" "$OUT/manifest.json"
 cp "$WORK/run/metrics.jsonl" "$OUT/train-metrics.jsonl" 2>/dev/null || true
 ls -la "$OUT"

@@ -1,11 +1,15 @@
 """Small stand-ins shared by the GPU-backend tests (TensorRT, ONNX Runtime's GPU runners, Triton):
 a tiny but valid ONNX model with the real input / output names and types, an export context made
-of them, and the facts of a stand-in GPU. A test module imports these from here, never from
+of them, the facts of a stand-in GPU and its CUDA streams, and a driver for requests in flight. A test module imports these from here, never from
 another test module."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -64,3 +68,45 @@ def tiny_onnx_export(folder: Path, precision: str = "fp32") -> tuple[Manifest, A
     manifest = Manifest(card=CARD, weights={}, artifacts=[art])
     manifest.root = folder
     return manifest, art
+
+
+class CudaStreams:
+    """Stand-ins for torch's CUDA stream API on a machine without CUDA: Stream() hands out handles
+    from 1, stream(s) makes s current for the calling thread, current_stream() answers it (0: the
+    default stream)."""
+
+    def __init__(self):
+        self.handles, self.local = itertools.count(1), threading.local()
+
+    def install(self, monkeypatch) -> CudaStreams:
+        for name in ("Stream", "stream", "current_stream"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        return self
+
+    def Stream(self, device=None):  # noqa: N802 (torch's name)
+        return SimpleNamespace(cuda_stream=next(self.handles))
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        before = getattr(self.local, "s", None)
+        self.local.s = s
+        try:
+            yield
+        finally:
+            self.local.s = before
+
+    def current_stream(self, device=None):
+        return getattr(self.local, "s", None) or SimpleNamespace(cuda_stream=0)
+
+
+def answers_in_flight(flight, requests: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """Each request's logits by its index, the requests submitted to `flight` (a runner's
+    in_flight(n): at most n run at once), all waited for; the flight is closed after."""
+    got: dict[int, np.ndarray] = {}
+    try:
+        for i, x in enumerate(requests):
+            flight.submit(x, lambda out, ms, i=i: got.__setitem__(i, out))
+        flight.drain()
+    finally:
+        flight.close()
+    return got

@@ -689,8 +689,12 @@ def test_in_flight_throughput_is_completed_items_per_wall_second(n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runner_name", ["onnxruntime-cpu", "openvino"])
+@pytest.mark.parametrize("runner_name", ["onnxruntime-cpu", "openvino", "torch-eager-cuda"])
 def test_requests_in_flight_all_get_their_own_right_answers(runner_name, random_export):
+    """On the GPU each request has a CUDA stream of its own (CudaStreamsInFlight); the CPU runtimes
+    share a thread pool or use their own queue."""
+    from standins import answers_in_flight
+
     from alexnet_deploy.manifest import Manifest
     from alexnet_deploy.runtimes import RUNNERS
 
@@ -698,22 +702,55 @@ def test_requests_in_flight_all_get_their_own_right_answers(runner_name, random_
     if cls.unavailable_reason():
         pytest.skip(cls.unavailable_reason())
     manifest = Manifest.read(random_export)
-    artifact = next(a for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32")
+    artifact = next(a for a in manifest.artifacts if cls.accepts(a) and a.precision == "fp32")
     inputs = [np.random.default_rng(i).standard_normal((2, *manifest.card.input.shape), dtype=np.float32)
               for i in range(6)]
     with cls.from_artifact(manifest, artifact, threads=2) as runner:
         expected = [runner.infer(x) for x in inputs]
-        got: dict[int, np.ndarray] = {}
         flight = runner.in_flight(3)
-        try:
-            for i, x in enumerate(inputs * 2):  # 12 requests, 3 at a time
-                flight.submit(x, lambda out, ms, i=i: got.__setitem__(i, out))
-            flight.drain()
-        finally:
-            flight.close()
+        got = answers_in_flight(flight, inputs * 2)  # 12 requests, 3 at a time
+    assert flight.streams == 3 or not cls.cuda_streams
     assert sorted(got) == list(range(12))
     for i, out in got.items():
         np.testing.assert_allclose(out, expected[i % 6], rtol=1e-4, atol=1e-4)
+
+
+def test_a_cuda_runners_requests_in_flight_each_run_on_a_stream_of_the_pool(random_weights, monkeypatch):
+    """The torch CUDA runners' in-flight path (CudaStreamsInFlight) on this CUDA-less machine: the
+    runner pointed at the CPU, torch's stream API stood in for. 12 requests, 3 in flight: three
+    streams made, never the default one, every request on one of them, every answer right."""
+    import torch
+    from standins import CudaStreams, answers_in_flight
+
+    from alexnet_deploy.backends.torch.runner import TorchEagerCudaRunner
+    from alexnet_deploy.models import read_card
+
+    CudaStreams().install(monkeypatch)
+    seen: list[int] = []
+
+    class OnTheCpu(TorchEagerCudaRunner):
+        device = "cpu"
+
+        @classmethod
+        def unavailable_reason(cls):
+            return None
+
+        def infer_device_impl(self, x):
+            seen.append(torch.cuda.current_stream().cuda_stream)
+            return super().infer_device_impl(x)
+
+    card = read_card(random_weights)
+    inputs = [np.random.default_rng(i).standard_normal((1 + i % 2, *card.input.shape), dtype=np.float32)
+              for i in range(4)]
+    with OnTheCpu(random_weights, card, threads=1) as runner:
+        expected = [runner.infer(x) for x in inputs]
+        seen.clear()
+        flight = runner.in_flight(3)
+        got = answers_in_flight(flight, inputs * 3)
+    assert flight.streams == 3 and len(seen) == 12 and len(set(seen)) == 3 and 0 not in seen, seen
+    assert sorted(got) == list(range(12))
+    for i, out in got.items():
+        np.testing.assert_allclose(out, expected[i % 4], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -765,29 +802,6 @@ def test_benchmark_streams_reach_openvino_results_only_and_bad_values_are_one_li
     assert "2 (2 streams)" in report.with_suffix(".md").read_text()
     assert_user_error(run_cli("benchmark", random_export, "--streams", "0"), "--streams")
     assert_user_error(run_cli("benchmark", random_export, "--streams", "2"), "--streams", "--concurrency")
-
-
-def test_a_runner_with_one_execution_context_refuses_more_in_flight():
-    from alexnet_deploy.backends.tensorrt.runner import TensorRTRunner
-    from alexnet_deploy.runtimes import Runner
-
-    assert TensorRTRunner.max_in_flight == 1
-
-    class OneContext(Runner):
-        name, formats, max_in_flight = "one-context", ("onnx",), 1
-
-        def activate_impl(self):
-            pass
-
-        def infer_impl(self, batch):
-            return np.zeros((len(batch), 10), np.float32)
-
-    from alexnet_deploy.models import ModelCard
-
-    with OneContext("unused", ModelCard(arch="alexnet", num_classes=10)) as runner:
-        with pytest.raises(Exception, match="runs at most 1 request"):
-            runner.in_flight(2)
-        runner.in_flight(1).close()
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TEST_IMAGE_SIZE, assert_user_error, run_cli
 from fake_tensorrt import calls_named, make_tensorrt
-from standins import CARD, GPU, MAX_BATCH, onnx_context, tiny_onnx
+from standins import CARD, GPU, MAX_BATCH, CudaStreams, answers_in_flight, onnx_context, tiny_onnx
 
 import alexnet_deploy.backends.tensorrt.export as trt_export
 import alexnet_deploy.backends.tensorrt.runner as trt_runner
@@ -235,6 +235,35 @@ def test_unreadable_engine_is_one_line(fake_engine):
         trt_runner.TensorRTRunner(root / art.path, CARD).activate()
 
 
+@pytest.mark.parametrize("fake_trt", ["10.9.0"], indirect=True)
+def test_requests_in_flight_run_on_a_stream_each_with_a_context_of_their_own_engine(fake_trt, fake_engine, monkeypatch):
+    """benchmark --concurrency 3 on an engine: three streams, three execution contexts, each of its
+    own engine (a dynamic-shape engine's profile serves one context at a time), every answer the one
+    a single request gets. The stand-in computes on host
+    memory, so the runner's device is the CPU here and the streams are stand-ins too."""
+    CudaStreams().install(monkeypatch)
+    monkeypatch.setattr(trt_runner.TensorRTRunner, "device", "cpu")
+    root, art = fake_engine
+    inputs = [np.random.default_rng(i).standard_normal((1 + i % 3, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE),
+                                                       dtype=np.float32) for i in range(6)]
+    runner = trt_runner.TensorRTRunner(root / art.path, CARD, art.batch, shown=art.path)
+    with runner:
+        expected = [runner.infer(x) for x in inputs]
+        assert len(fake_trt.engines) == 1
+        fake_trt.engines[0].contexts[0].streams.clear()  # the runner's own stream for host calls
+        flight = runner.in_flight(3)
+        got = answers_in_flight(flight, inputs * 3)
+        assert flight.streams == 3
+        engines = fake_trt.engines
+        assert len(engines) == 3 and [len(e.contexts) for e in engines] == [1, 1, 1]
+        flight_streams = [c.streams for e in engines for c in e.contexts]
+        assert all(len(s) == 1 for s in flight_streams), flight_streams  # one stream per context
+        assert len(set().union(*flight_streams)) == 3 and 0 not in set().union(*flight_streams)
+    assert sorted(got) == list(range(18))
+    for i, out in got.items():
+        np.testing.assert_allclose(out, expected[i % 6], rtol=1e-5, atol=1e-5)
+
+
 def test_sidecar_named_outside_the_export_is_refused(tmp_path):
     art = Artifact("tensorrt", "fp32", "cuda", "e.engine", extra={"sidecar": "../elsewhere.json"})
     manifest = Manifest(card=CARD, weights={}, artifacts=[art])
@@ -323,7 +352,20 @@ def test_real_engine_matches_eager(random_weights, tmp_path):
                 assert got.shape == ref.shape
                 if limits.atol is not None:  # (random weights: near-tied logits, so no top-1 check)
                     np.testing.assert_allclose(got, ref, atol=limits.atol, rtol=limits.rtol)
+            _real_streams_answer_as_one_request_does(runner, card)
     _real_layers_match_eager(model, manifest, next(a for a in arts if a.precision == "fp32"))
+
+
+def _real_streams_answer_as_one_request_does(runner, card):
+    """Three requests in flight on three CUDA streams, each with an engine and context of its own."""
+    inputs = [np.random.default_rng(i).standard_normal((1 + i, *card.input.shape), dtype=np.float32)
+              for i in range(3)]
+    expected = [runner.infer(x) for x in inputs]
+    flight = runner.in_flight(3)
+    got = answers_in_flight(flight, inputs * 4)
+    assert flight.streams == 3 and sorted(got) == list(range(12))
+    for i, out in got.items():
+        np.testing.assert_allclose(out, expected[i % 3], rtol=1e-4, atol=1e-4)  # same engine bytes, same tactics
 
 
 def _real_layers_match_eager(model, manifest, art):

@@ -106,7 +106,7 @@ class BenchResult:
     # per layer group (conv, fc): roofline.GroupFloor, its compute and memory terms and which bounds it
     floor_terms: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1  # requests in flight (1: one synchronous stream)
-    streams: int | None = None  # the runtime's own streams serving them (OpenVINO), read back from it
+    streams: int | None = None  # the runtime's own streams serving them (OpenVINO: read back from it; CUDA: one per request)
     wall_throughput_ips: float | None = None  # items / wall-clock second of the timed run
     best_concurrency: bool = False  # the sweep's best N for its runner, artifact and batch size
 

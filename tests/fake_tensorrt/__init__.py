@@ -34,6 +34,7 @@ def make_tensorrt(version: str, fused=(), unmarkable=()) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = []  # (api name, arguments) in call order
+    trt.engines = []  # every engine deserialized, in order (each keeps its contexts, each its streams)
 
     def record(name, *args):
         trt.calls.append((name, args))
@@ -204,6 +205,7 @@ def make_tensorrt(version: str, fused=(), unmarkable=()) -> types.ModuleType:
             self.io = desc["io"]  # [(name, mode, dtype, shape)]
             self.profile, self.source = desc.get("profile", {}), desc.get("source")
             self.session = None  # ONNX Runtime's, made on the first execution
+            self.contexts = []
 
         def run(self, feeds, outputs):
             if self.session is None:
@@ -229,13 +231,15 @@ def make_tensorrt(version: str, fused=(), unmarkable=()) -> types.ModuleType:
 
         def create_execution_context(self):
             record("create_execution_context")
-            return Context(self)
+            self.contexts.append(Context(self))
+            return self.contexts[-1]
 
     class Context:
         """Binds buffers by address, as TensorRT does; executes on host memory with ONNX Runtime."""
 
         def __init__(self, engine):
             self.engine, self.shapes, self.addresses = engine, {}, {}
+            self.streams = set()  # the stream handles it was executed on
 
         def set_input_shape(self, name, shape):
             lo, hi = self.engine.profile.get(name, [shape, shape])
@@ -253,6 +257,7 @@ def make_tensorrt(version: str, fused=(), unmarkable=()) -> types.ModuleType:
 
         def execute_async_v3(self, stream_handle):
             record("execute_async_v3", stream_handle)
+            self.streams.add(stream_handle)
             names = [t[0] for t in self.engine.io]
             missing = [n for n in names if n not in self.addresses]
             assert not missing, f"execute_async_v3 without addresses for {missing}"  # TensorRT fails too
@@ -279,7 +284,8 @@ def make_tensorrt(version: str, fused=(), unmarkable=()) -> types.ModuleType:
             record("deserialize_cuda_engine")
             if not bytes(data).startswith(b"FAKE-ENGINE "):
                 return None  # as TensorRT answers bytes it cannot read
-            return Engine(json.loads(bytes(data)[len(b"FAKE-ENGINE "):]))
+            trt.engines.append(Engine(json.loads(bytes(data)[len(b"FAKE-ENGINE "):])))
+            return trt.engines[-1]
 
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
     return trt

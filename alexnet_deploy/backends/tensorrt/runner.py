@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,8 @@ def _torch_dtype(trt: Any, dtype: Any) -> Any:
 class TensorRTRunner(Runner):
     name = "tensorrt"
     formats = ("tensorrt",)
-    max_in_flight = 1  # one execution context; concurrent requests need one context each
     device = "cuda"
+    cuda_streams = True  # `benchmark --concurrency N`: N streams, each with its own context (stream_calls)
     device_tensors = True  # the engine reads and writes torch CUDA tensors
     layer_taps = True
     # what the layer figures are of, for the report's layers note (not the shipped engine's fusions)
@@ -86,10 +87,8 @@ class TensorRTRunner(Runner):
         Sidecar.read(self.sidecar, self.shown).check_built_here(self.shown, str(trt.__version__), gpu_info())
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self._engine is None:
-            raise UserError(f"TensorRT could not deserialize {self.shown} (see its messages "
-                            f"above); re-export it on this machine")
+        self._plan = self.path.read_bytes()  # what stream_calls deserializes again: the file as checked
+        self._engine = self._deserialize()
         inputs, outputs, dtypes = engine_tensors(trt, self._engine)
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(f"{self.shown}: expected one input and one output tensor, "
@@ -105,12 +104,37 @@ class TensorRTRunner(Runner):
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         with torch.cuda.stream(self._stream):
-            x = torch.from_numpy(batch).to("cuda")
+            x = torch.from_numpy(batch).to(self.device)
             # .cpu() waits for this stream, so the engine's buffers outlive the execution
             return self.infer_device_impl(x).float().cpu().numpy()
 
     def infer_device_impl(self, x: Any) -> Any:
-        return self._execute(self._context, self._io, x)[self._io.outputs[0]]
+        return self._first_output(self._context, x)
+
+    def _first_output(self, ctx: Any, x: Any) -> Any:
+        return self._execute(ctx, self._io, x)[self._io.outputs[0]]
+
+    def _deserialize(self) -> Any:
+        engine = self._runtime.deserialize_cuda_engine(self._plan)
+        if engine is None:
+            raise UserError(f"TensorRT could not deserialize {self.shown} (see its messages "
+                            f"above); re-export it on this machine")
+        return engine
+
+    def stream_calls(self, n: int) -> tuple[list[Any], Any]:
+        """One execution context per stream, each of its own engine: an engine's optimization
+        profile (the dynamic batch) serves one context at a time, so concurrent contexts need an
+        engine each, as trtexec --streams makes them. The first stream uses the runner's own."""
+        spares = [self._deserialize() for _ in range(n - 1)]
+        contexts = [self._context] + [engine.create_execution_context() for engine in spares]
+        calls = [partial(self._checked_on_device, impl=partial(self._first_output, ctx)) for ctx in contexts]
+
+        def release() -> None:  # what holds a context first, then the contexts, then their engines
+            calls.clear()
+            contexts.clear()
+            spares.clear()
+
+        return calls, release
 
     def _execute(self, ctx: Any, io: EngineIO, x: Any) -> dict[str, Any]:
         """Every output of one execution on `x`, enqueued on torch's current stream of x's device."""
@@ -179,5 +203,6 @@ class TensorRTRunner(Runner):
         self._context = None
         self._engine = None
         self._runtime = None
+        self._plan = None
         self._stream = None
         self._tapped = None

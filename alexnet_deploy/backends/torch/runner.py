@@ -68,6 +68,7 @@ class CudaMixin:
     """The same runner on a CUDA device, in true fp32."""
 
     device: ClassVar[str] = "cuda"
+    cuda_streams: ClassVar[bool] = True  # `benchmark --concurrency N`: N streams into one module
     # TF32 (cuDNN's default for convolutions) rounds inputs to 10 mantissa bits: fp32 results
     # would then miss the fp32 tolerance against the CPU reference. TorchRunner restores it.
     tf32: ClassVar[bool | None] = False
