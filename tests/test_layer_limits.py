@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_deploy.manifest import Manifest, hash_artifact
-from alexnet_deploy.tolerances import LAYER_DEPTH, LAYER_REL_L2, LAYER_REL_L2_CAP, layer_limit, limits_for
+from alexnet_deploy.manifest import WEIGHT_COMPRESSED, Manifest, hash_artifact
+from alexnet_deploy.tolerances import (
+    LAYER_DEPTH,
+    LAYER_REL_L2,
+    LAYER_REL_L2_CAP,
+    LAYER_REL_L2_FLOOR,
+    layer_limit,
+    limits_for,
+)
 from alexnet_deploy.validate.layers import (
     FAIL,
     OK,
@@ -25,6 +32,7 @@ from alexnet_deploy.validate.layers import (
 )
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+FLOAT = ("fp32", "fp16", "bf16")  # rounding that starts near zero and grows with depth
 
 
 def depths_of(model: torch.nn.Module, size: int) -> dict[str, int]:
@@ -35,7 +43,7 @@ def depths_of(model: torch.nn.Module, size: int) -> dict[str, int]:
 def applied(precision: str, depth: int) -> float:
     """The limit validate applies to a module of `precision` at `depth`: its row of the table."""
     lim = limits_for(precision)
-    return layer_limit(lim.max_layer_rel_l2, depth, lim.max_layer_rel_l2_cap)
+    return layer_limit(lim.max_layer_rel_l2, depth, lim.max_layer_rel_l2_cap, lim.max_layer_rel_l2_floor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,9 +53,26 @@ def applied(precision: str, depth: int) -> float:
 def test_the_limit_is_the_table_at_alexnets_depth_and_grows_like_the_square_root(precision):
     base = LAYER_REL_L2[precision]
     assert applied(precision, LAYER_DEPTH) == base
+    assert applied(precision, 18) == pytest.approx(1.5 * base)  # sqrt(18 / 8)
+    assert layer_limit(base, 32) == pytest.approx(2 * base)  # no cap: the square root alone
+
+
+@pytest.mark.parametrize("precision", FLOAT)
+def test_float_limits_shrink_before_alexnets_depth(precision):
+    base = LAYER_REL_L2[precision]
+    assert precision not in LAYER_REL_L2_FLOOR
     assert applied(precision, 2) == pytest.approx(base / 2)  # sqrt(2 / 8)
     assert applied(precision, 0) == applied(precision, 1) == pytest.approx(base / math.sqrt(8))
-    assert layer_limit(base, 32) == pytest.approx(2 * base)  # no cap: the square root alone
+
+
+def test_int8_limits_never_shrink_below_the_table():
+    """int8 rounds each layer's own input to 8 bits: the one-thread demo model's honest conv2 read
+    0.127 at depth 2, where sqrt(depth) scaling allowed 0.125."""
+    base = LAYER_REL_L2["int8"]
+    assert [applied("int8", d) for d in (0, 1, 2, 5, LAYER_DEPTH)] == [base] * 5
+    assert applied("int8", 2) > 0.127 and applied("int8", 18) == pytest.approx(1.5 * base)
+    assert limits_for("int8").max_layer_rel_l2_floor == base
+    assert all(limits_for(p).max_layer_rel_l2_floor == base for p in WEIGHT_COMPRESSED)  # judged as int8
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -185,7 +210,8 @@ def test_openvino_finds_a_fault_in_a_late_squeeze_excitation_and_none_in_the_hon
     batch = np.random.default_rng(0).standard_normal((8, 3, MOBILENET_SIZE, MOBILENET_SIZE)).astype(np.float32)
     lim = limits_for("int8")
 
-    report = compare_layers(manifest, art, OpenVinoRunner, batch, lim.max_layer_rel_l2, cap=lim.max_layer_rel_l2_cap)
+    report = compare_layers(manifest, art, OpenVinoRunner, batch, lim.max_layer_rel_l2, cap=lim.max_layer_rel_l2_cap,
+                            floor=lim.max_layer_rel_l2_floor)
     assert report.first_divergence is not None and report.first_divergence["module"] == planted, \
         report.first_divergence
     assert report.first_divergence["rel_l2"] > 2 * lim.max_layer_rel_l2_cap  # 3x the weights it should

@@ -22,7 +22,7 @@ import alexnet_deploy.backends.tensorrt.runner as trt_runner
 from alexnet_deploy.errors import CheckFailed, UserError
 from alexnet_deploy.exporters import ExportContext
 from alexnet_deploy.manifest import Manifest, hash_artifact
-from alexnet_deploy.tolerances import LAYER_REL_L2
+from alexnet_deploy.tolerances import LAYER_REL_L2, LAYER_REL_L2_FLOOR
 from alexnet_deploy.validate.layers import FUSED, OK, compare_layers
 
 DROPOUTS = {"classifier.0", "classifier.3"}  # identity in eval: not in the ONNX, so not in the engine
@@ -74,7 +74,7 @@ def engine(manifest: Manifest, precision: str):
 def compare(manifest: Manifest, precision: str = "fp32"):
     rows = np.random.default_rng(0).standard_normal((ROWS, *manifest.card.input.shape)).astype(np.float32)
     return compare_layers(manifest, engine(manifest, precision), trt_runner.TensorRTRunner, rows,
-                          LAYER_REL_L2[precision])
+                          LAYER_REL_L2[precision], floor=LAYER_REL_L2_FLOOR.get(precision))
 
 
 def scale_initializer(name: str, factor: float):

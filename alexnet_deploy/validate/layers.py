@@ -197,10 +197,11 @@ def slices(names: list[str], sizes: dict[str, int], rows: int, budget: int) -> l
 
 
 def compare_layers(manifest: Manifest, artifact: Artifact, runner_cls: type, batch: np.ndarray,
-                   limit: float | None, threads: int | None = None, cap: float | None = None) -> LayerReport:
+                   limit: float | None, threads: int | None = None, cap: float | None = None,
+                   floor: float | None = None) -> LayerReport:
     """Every module of the reference model against the artifact's tensor for it, on the first
     LAYER_ROWS rows of `batch`. `limit` is the precision's per-layer rel_l2 limit at AlexNet's depth
-    (None: none), `cap` the most any depth gets (tolerances.layer_limit)."""
+    (None: none), `cap` the most and `floor` the least any depth gets (tolerances.layer_limit)."""
     import torch
 
     from alexnet_deploy.checks import reference_model
@@ -214,7 +215,7 @@ def compare_layers(manifest: Manifest, artifact: Artifact, runner_cls: type, bat
     model = reference_model(manifest)
     order, kinds, sizes = module_order(model, torch.from_numpy(rows[:1]))
     depths = weighted_depths(model, order)
-    limits = {n: None if limit is None else layer_limit(limit, depths[n], cap) for n in order}
+    limits = {n: None if limit is None else layer_limit(limit, depths[n], cap, floor) for n in order}
     runner = runner_cls.from_artifact(manifest, artifact, threads=threads)
     taps = choose_taps(runner.layer_ops(), order)
     tapped = [n for n in order if n in taps]

@@ -174,8 +174,11 @@ def limits_line(lim: dict[str, Any]) -> str:
 
 def layer_limit_text(lim: dict[str, Any]) -> str:
     text = f"{lim['max_layer_rel_l2']:g} x sqrt(depth / {LAYER_DEPTH})"
-    cap = lim.get("max_layer_rel_l2_cap")
-    return text if cap is None else f"{text}, at most {cap:g}"
+    if lim.get("max_layer_rel_l2_floor") is not None:
+        text += f", at least {lim['max_layer_rel_l2_floor']:g}"
+    if lim.get("max_layer_rel_l2_cap") is not None:
+        text += f", at most {lim['max_layer_rel_l2_cap']:g}"
+    return text
 
 
 def print_report(report: ValidationReport, console) -> None:

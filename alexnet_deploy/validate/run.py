@@ -125,8 +125,9 @@ def add_layers(result: ValidationResult, manifest: Manifest, choice, batch: np.n
         return
     log.info(f"comparing the layers of {result.label}")
     try:
-        found = compare_layers(manifest, choice.artifact, choice.runner_cls, batch,
-                               result.limits.get("max_layer_rel_l2"), cap=result.limits.get("max_layer_rel_l2_cap"))
+        lim = result.limits
+        found = compare_layers(manifest, choice.artifact, choice.runner_cls, batch, lim.get("max_layer_rel_l2"),
+                               cap=lim.get("max_layer_rel_l2_cap"), floor=lim.get("max_layer_rel_l2_floor"))
     except Exception as e:  # any runtime's failure to build or run the tapped model
         result.layers_note = f"layers not compared: {exception_line(e)}"
         return
