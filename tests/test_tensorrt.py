@@ -256,6 +256,7 @@ def test_requests_in_flight_run_on_a_stream_each_with_a_context_of_their_own_eng
         assert flight.streams == 3
         engines = fake_trt.engines
         assert len(engines) == 3 and [len(e.contexts) for e in engines] == [1, 1, 1]
+        assert len(calls_named(fake_trt, "serialize")) == 1  # the loaded engine, once, not the file again
         flight_streams = [c.streams for e in engines for c in e.contexts]
         assert all(len(s) == 1 for s in flight_streams), flight_streams  # one stream per context
         assert len(set().union(*flight_streams)) == 3 and 0 not in set().union(*flight_streams)

@@ -87,8 +87,7 @@ class TensorRTRunner(Runner):
         Sidecar.read(self.sidecar, self.shown).check_built_here(self.shown, str(trt.__version__), gpu_info())
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._plan = self.path.read_bytes()  # what stream_calls deserializes again: the file as checked
-        self._engine = self._deserialize()
+        self._engine = self._deserialize(self.path.read_bytes())
         inputs, outputs, dtypes = engine_tensors(trt, self._engine)
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(f"{self.shown}: expected one input and one output tensor, "
@@ -114,8 +113,8 @@ class TensorRTRunner(Runner):
     def _first_output(self, ctx: Any, x: Any) -> Any:
         return self._execute(ctx, self._io, x)[self._io.outputs[0]]
 
-    def _deserialize(self) -> Any:
-        engine = self._runtime.deserialize_cuda_engine(self._plan)
+    def _deserialize(self, plan: Any) -> Any:
+        engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise UserError(f"TensorRT could not deserialize {self.shown} (see its messages "
                             f"above); re-export it on this machine")
@@ -124,8 +123,10 @@ class TensorRTRunner(Runner):
     def stream_calls(self, n: int) -> tuple[list[Any], Any]:
         """One execution context per stream, each of its own engine: an engine's optimization
         profile (the dynamic batch) serves one context at a time, so concurrent contexts need an
-        engine each, as trtexec --streams makes them. The first stream uses the runner's own."""
-        spares = [self._deserialize() for _ in range(n - 1)]
+        engine each, as trtexec --streams makes them. The first stream uses the runner's own; the
+        others' are copies of it, serialized from memory (not the file, which may have changed)."""
+        plan = self._engine.serialize() if n > 1 else None
+        spares = [self._deserialize(plan) for _ in range(n - 1)]
         contexts = [self._context] + [engine.create_execution_context() for engine in spares]
         calls = [partial(self._checked_on_device, impl=partial(self._first_output, ctx)) for ctx in contexts]
 
@@ -203,6 +204,5 @@ class TensorRTRunner(Runner):
         self._context = None
         self._engine = None
         self._runtime = None
-        self._plan = None
         self._stream = None
         self._tapped = None
