@@ -130,3 +130,38 @@ def test_a_budget_below_one_samples_time_is_refused_without_a_search(tiny_export
     for r in report.scenarios:
         assert not r.valid and r.runs == [] and r.headline == 0
         assert "no rate meets it" in r.why_invalid[0] and "0.0001 ms budget" in r.why_invalid[0]
+
+
+class _BusyWhileProbed:
+    """A runner whose first `slow_calls` take `slow_s` each (the probe, on a machine that was busy
+    then), and every later call is quick."""
+
+    name = "busy-then-idle"
+
+    def __init__(self, slow_calls: int, slow_s: float) -> None:
+        self.calls, self.slow_calls, self.slow_s = 0, slow_calls, slow_s
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        import time
+
+        self.calls += 1
+        if self.calls <= self.slow_calls:
+            time.sleep(self.slow_s)
+        return np.eye(10, dtype=np.float32)[np.arange(len(x)) % 10]
+
+
+def test_an_offline_run_sized_by_a_busy_probe_is_rerun_at_the_rate_it_measured():
+    """Offline sizes its one query from a probe; when the probe ran 20 ms a call and the run then
+    ran in microseconds, the first run ended before LoadGen's minimum duration (INVALID). It is rerun
+    sized from the rate it measured, and both runs are reported."""
+    from types import SimpleNamespace
+
+    samples = np.zeros((40, 3, 8, 8), dtype=np.float32)
+    artifact = SimpleNamespace(batch=SimpleNamespace(max=8), format="onnx", precision="fp32", path="x.onnx")
+    runner = _BusyWhileProbed(slow_calls=10, slow_s=0.02)  # both probes: 5 calls at batch 1, 5 at 8
+    r = loadgen.run_scenario(runner, artifact, samples, None, "offline", duration_s=0.3, min_queries=1)
+    assert r.valid and r.runs[-1]["valid"] and not r.why_invalid
+    assert r.runs[0] == {"valid": False, "unmet": ["min duration not satisfied"],
+                         "target_qps": pytest.approx(2e3 * 8 / 20, rel=0.5)}
+    assert len(r.runs) >= 2 and r.runs[1]["target_qps"] > 10 * r.runs[0]["target_qps"]
+    assert "Result is : VALID" in r.summary  # the summary is the valid run's
