@@ -42,8 +42,11 @@ cpp-deps:
 demo: $(STAMP)
 	$(BIN)/alexnet-deploy pipeline --out $(DEMO_DIR)
 
+# One pytest-xdist worker per core, a module never split between two, in the collected order (the
+# modules that need the trained model last: tests/conftest.py).
+TEST_WORKERS ?= auto
 test: $(STAMP) cpp-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Triton's load tool for benchmarks/serve_load.py (not needed by the tests): .venv/perf-analyzer/
 perf-analyzer: $(STAMP)

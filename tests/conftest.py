@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from helpers import REPO, TEST_IMAGE_SIZE, Result, assert_user_error, cli, cli_subprocess  # noqa: F401
 
 from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
@@ -30,26 +32,63 @@ from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weight
 # REPO, TEST_IMAGE_SIZE, assert_user_error and run_cli stay importable from here for the modules
 # that do so today; helpers.py is where they live (conftest holds fixtures).
 
+# `make test` runs the modules on pytest-xdist workers (a module is never split between two). Each
+# worker then gets an equal share of the cores for torch: two workers with two threads each would put
+# four threads on two cores, and each worker's threads would wait at their barriers for a sibling the
+# other worker holds off its core.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def pytest_configure(config):
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // WORKERS)
+        torch.set_num_threads(threads)
+        # and the processes its tests start: a test that compares a run here with one in a child
+        # (kill, then resume here) needs both on the same thread count, or their sums round apart
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def session_root(tmp_path_factory) -> Path:
+    """The folder every process of this test session shares: its base temp folder, or under
+    pytest-xdist the one holding each worker's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
+    """The session's folder NAME, filled by make(folder) in whichever process asks first; the others
+    wait for it (a file lock) and reuse it. What make writes must not depend on which process ran it."""
+    root = session_root(tmp_path_factory)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # left by a make that failed part-way
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """10 classes, 12 train / 4 val / 4 test images per class, 72 px."""
-    root = tmp_path_factory.mktemp("data") / "demo"
-    return make_demo(root, classes=10, per_class=12, size=72, seed=0)
+    return made_once(tmp_path_factory, "data",
+                     lambda d: make_demo(d / "demo", classes=10, per_class=12, size=72, seed=0)) / "demo"
 
 
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory, demo_data) -> Path:
     """Untrained AlexNet weights with a card for the demo classes at 64 px."""
-    torch.manual_seed(0)
-    model = build_model("alexnet", 10)
-    card = ModelCard(arch="alexnet", num_classes=10,
-                     classes=check_class_folders(resolve_split(demo_data, "train")),
-                     input=InputSpec.for_size(TEST_IMAGE_SIZE),
-                     data={"root": str(demo_data), "val": str(demo_data / "val")})
-    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
-    save_weights(model, card, path)
-    return path
+    def make(folder: Path) -> None:
+        torch.manual_seed(0)
+        model = build_model("alexnet", 10)
+        card = ModelCard(arch="alexnet", num_classes=10,
+                         classes=check_class_folders(resolve_split(demo_data, "train")),
+                         input=InputSpec.for_size(TEST_IMAGE_SIZE),
+                         data={"root": str(demo_data), "val": str(demo_data / "val")})
+        save_weights(model, card, folder / "random.safetensors")
+
+    return made_once(tmp_path_factory, "weights", make) / "random.safetensors"
 
 
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> Result:
@@ -78,13 +117,15 @@ def random_export_run(tmp_path_factory, random_weights, demo_data) -> ExportRun:
     the demo val images under class names the model does not have ("square" spelled "sqaure").
     Two trial cases read this run instead of exporting again: #104 (6 calibration images, no
     multiple of the batch) and #112 (calibration data needs no matching class names)."""
-    root = tmp_path_factory.mktemp("random-export")
-    calib = root / "calib"
-    shutil.copytree(demo_data / "val", calib, copy_function=os.link)
-    (calib / "square").rename(calib / "sqaure")
-    out = root / "E"
-    result = cli("export", random_weights, "--out", out, *RANDOM_EXPORT_ARGS, "--calib-data", calib)
-    return ExportRun(result, out, calib)
+    def make(root: Path) -> None:
+        calib = root / "calib"
+        shutil.copytree(demo_data / "val", calib, copy_function=os.link)
+        (calib / "square").rename(calib / "sqaure")
+        result = cli("export", random_weights, "--out", root / "E", *RANDOM_EXPORT_ARGS, "--calib-data", calib)
+        (root / "result.json").write_text(json.dumps(asdict(result)))
+
+    root = made_once(tmp_path_factory, "random-export", make)
+    return ExportRun(Result(**json.loads((root / "result.json").read_text())), root / "E", root / "calib")
 
 
 @pytest.fixture(scope="session")
@@ -97,11 +138,11 @@ def random_export(random_export_run) -> Path:
     return run.out
 
 
-# The demo recipe's training is the suite's longest step (about 100 s on two cores) while, on average,
-# nearly a core idles (most tests wait on one thread or one child process). So when enough of the
-# session does not need the trained model, its data and training run in a child process started
-# with the session, at the lowest priority (tests/background_training.py), and the modules that need
-# the model run last. Otherwise (a few tests picked) it trains here, as before.
+# The demo recipe's training is the suite's longest step (about 3 CPU-minutes) while tests that do
+# not need it can run. So when enough of the session does not need the trained model, its data,
+# training and export run in a child process started with the session (tests/background_training.py)
+# and the modules that need the model run last. Otherwise (a few tests picked) it trains here.
+# Under pytest-xdist one worker starts the child and every worker waits on its markers.
 TRAINED = {"recipe_data", "learned_run", "trained_weights", "exported_dir"}
 OVERLAP_MIN_TESTS = 100  # fewer tests than this before the first that needs it: train in this process
 
@@ -120,48 +161,69 @@ def pytest_collection_modifyitems(config, items):
 
 @dataclass
 class Training:
-    """Where the recipe's data, run and export go, and the child making them (None: made in this
-    process, each when first asked for)."""
+    """Where the recipe's data, run and export go, and how they are made: `background` (a child
+    process, `proc` when this process started it) or, when not, in this process, each when first
+    asked for."""
 
     data: Path
     run: Path
     result: Path
     export: Path
     log: Path
+    background: bool = False
     proc: subprocess.Popen | None = None
 
     def wait_for(self, path: Path, what: str, timeout_s: float = 1800) -> None:
         deadline = time.monotonic() + timeout_s
+        failed = Path(f"{self.result}.failed")  # the child's own last word when it fails
         while not path.exists():
-            code = self.proc.poll()
-            if code is not None and not path.exists():
-                pytest.fail(f"the background demo training exited {code} before {what}; its log:\n"
+            code = self.proc.poll() if self.proc is not None else None
+            if (code is not None or failed.exists()) and not path.exists():
+                pytest.fail(f"the background demo training stopped before {what}; its log:\n"
                             + self.log.read_text(errors="replace")[-3000:])
             if time.monotonic() > deadline:
                 pytest.fail(f"the background demo training did not finish {what} in {timeout_s:.0f} s")
             time.sleep(0.2)
 
+    def start(self) -> None:
+        # idle priority alone, where the tests run on one process: it takes only what the tests leave
+        # idle; under xdist it is one more single-threaded worker, at the workers' priority (at idle
+        # priority two busy workers would leave it nothing, and the last modules would wait for it)
+        priority = "normal" if WORKERS > 1 else "idle"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("background_training.py")), str(self.data),
+                 str(self.run), str(self.result), str(self.export), priority],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if WORKERS > 1:  # other workers may still be waiting for the export
+            try:
+                self.proc.wait(timeout=1800)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc.kill()
+        self.proc.wait()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _recipe_training(request, tmp_path_factory):
-    items = request.session.items
+    items = request.session.items  # under xdist, too, every worker collects the whole session
     first = next((n for n, i in enumerate(items) if _needs_training(i)), None)
-    root = tmp_path_factory.mktemp("recipe")
+    shared = session_root(tmp_path_factory)
+    root = shared / "recipe"
     training = Training(data=root / "demo", run=root / "run", result=root / "result.json",
-                        export=root / "exported", log=root / "train.log")
-    if first is not None and first >= OVERLAP_MIN_TESTS:
-        with open(training.log, "wb") as log:
-            training.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("background_training.py")), str(training.data),
-                 str(training.run), str(training.result), str(training.export)],
-                # passive: a thread that waits sleeps instead of spinning, so the scheduler moves the
-                # one a test's thread holds off its core to the idle one (spinning, the niced child
-                # stalled at its barriers: 148 s for an epoch that takes 9 s alone)
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                        export=root / "exported", log=root / "train.log",
+                        background=first is not None and (first >= OVERLAP_MIN_TESTS or WORKERS > 1))
+    with FileLock(shared / "recipe.lock"):
+        if not root.exists():
+            root.mkdir()
+            if training.background:
+                training.start()
     yield training
-    if training.proc is not None and training.proc.poll() is None:
-        training.proc.kill()
-        training.proc.wait()
+    training.stop()
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +232,7 @@ def recipe_data(_recipe_training) -> Path:
     from background_training import make_data
 
     t = _recipe_training
-    if t.proc is None:
+    if not t.background:
         return make_data(t.data)
     t.wait_for(Path(f"{t.result}.data"), "the demo data")
     return t.data
@@ -186,7 +248,7 @@ def learned_run(_recipe_training, recipe_data):
     from alexnet_deploy.training import TrainResult
 
     t = _recipe_training
-    if t.proc is None:
+    if not t.background:
         return train(recipe_data, t.run)
     t.wait_for(t.result, "the training")
     return TrainResult(**json.loads(t.result.read_text()))
@@ -203,7 +265,7 @@ def exported_dir(_recipe_training, trained_weights) -> Path:
     from background_training import export
 
     t = _recipe_training
-    if t.proc is None:
+    if not t.background:
         export(trained_weights, t.export)
     else:
         t.wait_for(Path(f"{t.result}.export"), "the export")
@@ -225,13 +287,13 @@ def resnet18_export(tmp_path_factory, demo_data) -> Path:
     (the C++ programs, the Triton configs). Shared: copy before changing anything."""
     import torchvision
 
-    root = tmp_path_factory.mktemp("resnet18")
-    torch.manual_seed(0)
-    pth = root / "resnet18_finetuned.pth"
-    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), pth)
-    out = root / "E"
-    r = cli("export", pth, "--out", out, "--formats", "torchscript,onnx,triton", "--image-size", 64,
-            "--classes", demo_data / "train", "--max-batch", 4, "--calib-images", 8,
-            "--calib-data", demo_data / "val")
-    assert r.code == 0, r.err[-2000:]
-    return out
+    def make(root: Path) -> None:
+        torch.manual_seed(0)
+        pth = root / "resnet18_finetuned.pth"
+        torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), pth)
+        r = cli("export", pth, "--out", root / "E", "--formats", "torchscript,onnx,triton", "--image-size", 64,
+                "--classes", demo_data / "train", "--max-batch", 4, "--calib-images", 8,
+                "--calib-data", demo_data / "val")
+        assert r.code == 0, r.err[-2000:]
+
+    return made_once(tmp_path_factory, "resnet18", make) / "E"
