@@ -27,6 +27,7 @@ from filelock import FileLock
 from helpers import REPO, TEST_IMAGE_SIZE, Result, assert_user_error, cli, cli_subprocess  # noqa: F401
 
 from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
+from alexnet_deploy.files import write_json
 from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
 
 # REPO, TEST_IMAGE_SIZE, assert_user_error and run_cli stay importable from here for the modules
@@ -36,6 +37,7 @@ from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weight
 # worker then gets an equal share of the cores for torch: two workers with two threads each would put
 # four threads on two cores, and each worker's threads would wait at their barriers for a sibling the
 # other worker holds off its core.
+XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 # NNCF's telemetry, off as NNCF asks of CI runs, for the processes tests start (in pytest's own
@@ -45,7 +47,7 @@ os.environ.setdefault("NNCF_CI", "1")
 
 
 def pytest_configure(config):
-    if "PYTEST_XDIST_WORKER" in os.environ:
+    if XDIST_WORKER:
         threads = max(1, (os.cpu_count() or 1) // WORKERS)
         torch.set_num_threads(threads)
         # and the processes its tests start: a test that compares a run here with one in a child
@@ -57,7 +59,7 @@ def session_root(tmp_path_factory) -> Path:
     """The folder every process of this test session shares: its base temp folder, or under
     pytest-xdist the one holding each worker's own."""
     base = tmp_path_factory.getbasetemp()
-    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    return base.parent if XDIST_WORKER else base
 
 
 def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
@@ -127,7 +129,7 @@ def random_export_run(tmp_path_factory, random_weights, demo_data) -> ExportRun:
         shutil.copytree(demo_data / "val", calib, copy_function=os.link)
         (calib / "square").rename(calib / "sqaure")
         result = cli("export", random_weights, "--out", root / "E", *RANDOM_EXPORT_ARGS, "--calib-data", calib)
-        (root / "result.json").write_text(json.dumps(asdict(result)))
+        write_json(root / "result.json", asdict(result))
 
     root = made_once(tmp_path_factory, "random-export", make)
     return ExportRun(Result(**json.loads((root / "result.json").read_text())), root / "E", root / "calib")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -142,8 +143,6 @@ class _BusyWhileProbed:
         self.calls, self.slow_calls, self.slow_s = 0, slow_calls, slow_s
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        import time
-
         self.calls += 1
         if self.calls <= self.slow_calls:
             time.sleep(self.slow_s)

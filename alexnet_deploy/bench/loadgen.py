@@ -29,8 +29,8 @@ MIN_BUSY = 0.1  # the server search gives up below a rate that keeps the runner 
 # Fewer queries than this and LoadGen's early-stopping rule cannot pass, so the run would be INVALID
 # whatever the latencies (its summary says how many it needs: about 64 for single-stream's p90, 662
 # for multi-stream's p99, 460 for the server's p99); a run takes at least this many.
-OFFLINE_RESIZES = 2  # offline reruns after a run that ended before its minimum duration (_fixed_schedule)
 EARLY_STOPPING_QUERIES = {"single-stream": 100, "multi-stream": 700, "server": 500, "offline": 1}
+OFFLINE_RESIZES = 2  # offline reruns after a run that ended before its minimum duration (_fixed_schedule)
 # What each scenario's headline is: the summary line LoadGen writes it on, and its unit
 HEADLINE = {"single-stream": ("90.0th percentile latency (ns)", "p90 latency ms"),
             "multi-stream": ("99.0th percentile latency (ns)", "p99 latency ms"),
@@ -217,9 +217,10 @@ def _fixed_schedule(sut: _SUT, runner: Any, samples: np.ndarray, scenario: str, 
     lengthens the run, understating it ends the run before its minimum duration. The probe understates
     it when the machine was busier while probing than while running (measured: another process's
     work ending between the two), so such a run is repeated, sized from the rate it measured."""
-    qps = 2e3 * batch / _probe_ms(runner, samples, batch) if scenario == "offline" else None
+    offline = scenario == "offline"
+    qps = 2e3 * batch / _probe_ms(runner, samples, batch) if offline else None
     runs: list[dict] = []
-    for _ in range(1 + (OFFLINE_RESIZES if scenario == "offline" else 0)):
+    for _ in range(1 + OFFLINE_RESIZES if offline else 1):
         settings = _settings(scenario, "PerformanceOnly", duration_s, min_queries, expected_ms, qps, None)
         summary, parsed = _one_run(sut, samples, settings)
         runs.append({"valid": parsed["valid"], "unmet": parsed["unmet"]} | ({"target_qps": qps} if qps else {}))
