@@ -576,10 +576,15 @@ def freed_memory_kept():
     (benchmarks/results/train_speed_recipe_cpu.md). PyTorch's CPU tuning guide suggests jemalloc or
     tcmalloc for the same reason; this needs no preload. On exit the thresholds go back to glibc's
     defaults and the kept memory is released, so later work in the same process (a benchmark's
-    peak-memory figures) is unaffected. No-op off glibc."""
+    peak-memory figures) is unaffected. No-op off glibc, and in a process started with glibc's
+    thresholds set (`malloc_thresholds_set_by_user`): those are the user's choice, and going back to
+    glibc's defaults on exit would undo it."""
     import ctypes
     import ctypes.util
 
+    if malloc_thresholds_set_by_user():
+        yield
+        return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
@@ -596,6 +601,18 @@ def freed_memory_kept():
         mallopt(m_mmap_threshold, default)
         mallopt(m_trim_threshold, default)
         malloc_trim(0)
+
+
+# glibc reads these at start-up (its malloc.h names and their GLIBC_TUNABLES spellings)
+MALLOC_THRESHOLD_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+MALLOC_THRESHOLD_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+
+
+def malloc_thresholds_set_by_user() -> bool:
+    """Whether the environment sets either of glibc's two thresholds (glibc reads it at start-up)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return (any(name in os.environ for name in MALLOC_THRESHOLD_ENV)
+            or any(name in tunables for name in MALLOC_THRESHOLD_TUNABLES))
 
 
 def seed_everything(seed: int) -> None:

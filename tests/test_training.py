@@ -325,27 +325,54 @@ def kept_fraction(size=None):
     del block
     return (psutil.Process().memory_info().rss - rss) / size
 
+def mmapped_fraction(size=512 << 20):
+    block = np.ones(size // 4, dtype=np.float32)
+    mapped = libc.mallinfo2().hblkhd / size
+    del block
+    return mapped
+
 before = kept_fraction()
 fit(TrainConfig(data=sys.argv[1], out=sys.argv[2], image_size=64, epochs=1, batch_size=40, optimizer="adamw",
                 device="cpu", workers=0, quiet=True))
-after = kept_fraction()
+after, after_mmapped = kept_fraction(), mmapped_fraction()
 with freed_memory_kept():  # a block under its 1 GiB mmap threshold: kept, wherever it lands
     inside = kept_fraction(256 << 20)
-print(before, after, inside)
+print(before, after, inside, after_mmapped)
 """
+
+
+def _freed_memory_probe(data: Path, run: Path, **malloc_env: str) -> tuple[float, float, float, float]:
+    """FREED_MEMORY_PROBE in a fresh process with glibc's defaults, or with MALLOC_ENV as a user
+    would set it (what other tests' libraries do to the allocator is not fit()'s doing)."""
+    from alexnet_deploy.training import MALLOC_THRESHOLD_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_THRESHOLD_ENV and k != "GLIBC_TUNABLES"}
+    proc = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE, str(data), str(run)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**env, **malloc_env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if proc.stdout.strip() == "skip":
+        pytest.skip("this C library has no mallinfo2 (glibc < 2.33): the heap's free space is unknown")
+    before, after, inside, after_mmapped = map(float, proc.stdout.split())
+    return before, after, inside, after_mmapped
 
 
 @pytest.mark.slow
 def test_freed_memory_goes_back_to_the_os_after_cpu_training(demo_data, tmp_path):
     """fit() keeps freed memory only while it trains (fast steps); afterwards glibc's defaults are
-    back, so e.g. a benchmark's per-runner peak memory in the same process stays true. In a fresh
-    process: what other tests' libraries do to the allocator is not fit()'s doing."""
-    proc = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE, str(demo_data), str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    if proc.stdout.strip() == "skip":
-        pytest.skip("this C library has no mallinfo2 (glibc < 2.33): the heap's free space is unknown")
-    before, after, inside = map(float, proc.stdout.split())
+    back, so e.g. a benchmark's per-runner peak memory in the same process stays true."""
+    before, after, inside, after_mmapped = _freed_memory_probe(demo_data, tmp_path / "run")
     assert before < 0.2, "a freed block goes back before any training"
     assert inside > 0.8, "the probe tells: inside freed_memory_kept the freed block stays"
     assert after < 0.2, f"{after:.0%} of a freed block stayed in the process after fit()"
+    assert after_mmapped > 0.8, "after fit() glibc maps a 512 MB block of its own again"
+
+
+@pytest.mark.slow
+def test_a_users_own_malloc_thresholds_outlive_cpu_training(demo_data, tmp_path):
+    """A process started with glibc's thresholds set keeps them after fit(): going back to glibc's
+    defaults would undo the user's choice (here: keep freed memory, as PyTorch's CPU tuning guide's
+    allocators do)."""
+    before, _, _, after_mmapped = _freed_memory_probe(
+        demo_data, tmp_path / "run", MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+    assert before > 0.8, "the probe tells: with these settings a freed block stays"
+    assert after_mmapped < 0.2, "after fit() a 512 MB block was mapped of its own: fit() reset the user's settings"
