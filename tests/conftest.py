@@ -51,7 +51,7 @@ os.environ.setdefault("NNCF_CI", "1")
 # a few seconds goes back to the host (virtio-balloon free page reporting), and touching it again
 # costs about 5 s per GiB: a fresh 1 GiB took 5.7 s, the same 1 GiB reused at once 0.06 s, and
 # again after 5-10 s idle 2.6-4 s. The tests build, load and drop 244 MB models all session; with
-# their memory kept the suite's system time fell by about a seventh (README, Development).
+# their memory kept the suite's system time fell by a third (README, Development).
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1}
 MALLOPT_PARAM = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}  # from glibc's malloc.h
 
