@@ -326,8 +326,9 @@ def kept_fraction(size=None):
     return (psutil.Process().memory_info().rss - rss) / size
 
 def mmapped_fraction(size=512 << 20):
+    mapped = libc.mallinfo2().hblkhd
     block = np.ones(size // 4, dtype=np.float32)
-    mapped = libc.mallinfo2().hblkhd / size
+    mapped = (libc.mallinfo2().hblkhd - mapped) / size
     del block
     return mapped
 
@@ -342,8 +343,8 @@ print(before, after, inside, after_mmapped)
 
 
 def _freed_memory_probe(data: Path, run: Path, **malloc_env: str) -> tuple[float, float, float, float]:
-    """FREED_MEMORY_PROBE in a fresh process with glibc's defaults, or with MALLOC_ENV as a user
-    would set it (what other tests' libraries do to the allocator is not fit()'s doing)."""
+    """FREED_MEMORY_PROBE in a fresh process, with glibc's defaults or the thresholds in malloc_env as
+    a user would set them (what other tests' libraries do to the allocator is not fit()'s doing)."""
     from alexnet_deploy.training import MALLOC_THRESHOLD_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_THRESHOLD_ENV and k != "GLIBC_TUNABLES"}
