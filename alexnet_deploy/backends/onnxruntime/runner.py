@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alexnet_deploy.backends.onnx.layers import graph_ops, with_outputs
+from alexnet_deploy.backends.onnx import graph_ops, with_outputs
 from alexnet_deploy.backends.onnxruntime.util import (
     ort_cpu_unavailable_reason,
     ort_provider_unavailable_reason,

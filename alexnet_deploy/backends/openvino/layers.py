@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alexnet_deploy.backends.onnx.layers import MODULES_KEY
+from alexnet_deploy.backends.onnx import MODULES_KEY
 from alexnet_deploy.runtimes import LayerOp
 
 SKIPPED = {"Parameter", "Result", "Constant"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_deploy.backends.onnx.layers import graph_ops
+from alexnet_deploy.backends.onnx import graph_ops
 from alexnet_deploy.backends.tensorrt.export import BuildSettings
 from alexnet_deploy.backends.tensorrt.layers import CAVEAT, build_settings, build_tapped, readable
 from alexnet_deploy.backends.tensorrt.util import Sidecar, gpu_info, sidecar_path, tensorrt_unavailable_reason
