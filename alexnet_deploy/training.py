@@ -566,6 +566,44 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = not deterministic
 
 
+# glibc's two malloc thresholds, by the environment names it reads at start-up: their mallopt
+# parameters (malloc.h), what freed_memory_kept sets, glibc's initial values, and their GLIBC_TUNABLES names
+MALLOPT_PARAMS = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1}
+GLIBC_DEFAULT_THRESHOLDS = {"MALLOC_MMAP_THRESHOLD_": 128 << 10, "MALLOC_TRIM_THRESHOLD_": 128 << 10}
+MALLOC_THRESHOLD_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+
+
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (it has mallopt and malloc_trim), else None."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def set_malloc_thresholds(values: dict[str, int]) -> bool:
+    """Set glibc's thresholds in this process (keys: MALLOPT_PARAMS'); False off glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    for name, value in values.items():
+        libc.mallopt(MALLOPT_PARAMS[name], value)
+    return True
+
+
+def malloc_thresholds_set_by_user() -> bool:
+    """Whether the environment sets either of glibc's two thresholds (glibc reads it at start-up)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return (any(name in os.environ for name in MALLOPT_PARAMS)
+            or any(name in tunables for name in MALLOC_THRESHOLD_TUNABLES))
+
+
 @contextmanager
 def freed_memory_kept():
     """While inside, glibc keeps large freed blocks instead of handing each back to the OS.
@@ -579,40 +617,14 @@ def freed_memory_kept():
     peak-memory figures) is unaffected. No-op off glibc, and in a process started with glibc's
     thresholds set (`malloc_thresholds_set_by_user`): those are the user's choice, and going back to
     glibc's defaults on exit would undo it."""
-    import ctypes
-    import ctypes.util
-
-    if malloc_thresholds_set_by_user():
+    if malloc_thresholds_set_by_user() or not set_malloc_thresholds(KEEP_FREED_MEMORY):
         yield
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
-        yield
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, 2**31 - 1)
     try:
         yield
     finally:
-        default = 128 << 10  # glibc's initial value of both thresholds
-        mallopt(m_mmap_threshold, default)
-        mallopt(m_trim_threshold, default)
-        malloc_trim(0)
-
-
-# glibc reads these at start-up (its malloc.h names and their GLIBC_TUNABLES spellings)
-MALLOC_THRESHOLD_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-MALLOC_THRESHOLD_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
-
-
-def malloc_thresholds_set_by_user() -> bool:
-    """Whether the environment sets either of glibc's two thresholds (glibc reads it at start-up)."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return (any(name in os.environ for name in MALLOC_THRESHOLD_ENV)
-            or any(name in tunables for name in MALLOC_THRESHOLD_TUNABLES))
+        set_malloc_thresholds(GLIBC_DEFAULT_THRESHOLDS)
+        _glibc().malloc_trim(0)
 
 
 def seed_everything(seed: int) -> None:

@@ -29,6 +29,7 @@ from helpers import REPO, TEST_IMAGE_SIZE, Result, assert_user_error, cli, cli_s
 from alexnet_deploy.data import check_class_folders, make_demo, resolve_split
 from alexnet_deploy.files import write_json
 from alexnet_deploy.models import InputSpec, ModelCard, build_model, save_weights
+from alexnet_deploy.training import KEEP_FREED_MEMORY, set_malloc_thresholds
 
 # REPO, TEST_IMAGE_SIZE, assert_user_error and run_cli stay importable from here for the modules
 # that do so today; helpers.py is where they live (conftest holds fixtures).
@@ -46,30 +47,19 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.setdefault("NNCF_CI", "1")
 
 
-# Every test process keeps the memory it frees, as fit() does while it trains (the glibc settings
-# below; a user's own, when set, are kept). On the 2-core VMs the suite runs on, memory left free for
+# Every test process keeps the memory it frees, as fit() does while it trains (its glibc settings; a
+# user's own, when set, are kept). On the 2-core VMs the suite runs on, memory left free for
 # a few seconds goes back to the host (virtio-balloon free page reporting), and touching it again
 # costs about 5 s per GiB: a fresh 1 GiB took 5.7 s, the same 1 GiB reused at once 0.06 s, and
 # again after 5-10 s idle 2.6-4 s. The tests build, load and drop 244 MB models all session; with
 # their memory kept the suite's system time fell by a third (README, Development).
-MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1}
-MALLOPT_PARAM = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}  # from glibc's malloc.h
-
-
 def _keep_freed_memory() -> None:
-    """For the processes this one starts (glibc reads the environment when a process starts; the
-    pytest-xdist workers start after this) and, through mallopt, for this one. A setting already in
-    the environment was read when this process started."""
-    import ctypes
-
-    ours = {name: value for name, value in MALLOC_KEEP.items() if name not in os.environ}
+    """training.KEEP_FREED_MEMORY for the processes this one starts (glibc reads the environment when
+    a process starts; the pytest-xdist workers start after this) and, through mallopt, for this one.
+    A setting already in the environment was read when this process started."""
+    ours = {name: value for name, value in KEEP_FREED_MEMORY.items() if name not in os.environ}
     os.environ.update({name: str(value) for name, value in ours.items()})
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    for name, value in ours.items():
-        mallopt(MALLOPT_PARAM[name], value)
+    set_malloc_thresholds(ours)
 
 
 def pytest_configure(config):

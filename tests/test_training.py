@@ -345,9 +345,9 @@ print(before, after, inside, after_mmapped)
 def _freed_memory_probe(data: Path, run: Path, **malloc_env: str) -> tuple[float, float, float, float]:
     """FREED_MEMORY_PROBE in a fresh process, with glibc's defaults or the thresholds in malloc_env as
     a user would set them (what other tests' libraries do to the allocator is not fit()'s doing)."""
-    from alexnet_deploy.training import MALLOC_THRESHOLD_ENV
+    from alexnet_deploy.training import MALLOPT_PARAMS
 
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_THRESHOLD_ENV and k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items() if k not in MALLOPT_PARAMS and k != "GLIBC_TUNABLES"}
     proc = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE, str(data), str(run)],
                           capture_output=True, text=True, timeout=600, cwd=REPO, env={**env, **malloc_env})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -373,7 +373,9 @@ def test_a_users_own_malloc_thresholds_outlive_cpu_training(demo_data, tmp_path)
     """A process started with glibc's thresholds set keeps them after fit(): going back to glibc's
     defaults would undo the user's choice (here: keep freed memory, as PyTorch's CPU tuning guide's
     allocators do)."""
+    from alexnet_deploy.training import KEEP_FREED_MEMORY
+
     before, _, _, after_mmapped = _freed_memory_probe(
-        demo_data, tmp_path / "run", MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+        demo_data, tmp_path / "run", **{name: str(value) for name, value in KEEP_FREED_MEMORY.items()})
     assert before > 0.8, "the probe tells: with these settings a freed block stays"
     assert after_mmapped < 0.2, "after fit() a 512 MB block was mapped of its own: fit() reset the user's settings"
